@@ -1,0 +1,155 @@
+"""The only door to Horovod: ranks, collectives and the training context.
+
+Usage::
+
+    from pfc_mx import dist
+    dist.init()                       # hvd.init() under horovodrun, else a size-1 world
+    x = mx.nd.ones((4, 512), ctx=dist.context())
+    X = dist.allgather(x)             # (4 * dist.size(), 512), rank order
+    m = dist.allreduce(x, op="max")   # element-wise max over ranks
+
+Every collective takes and returns MXNet NDArrays. In the size-1 fallback (the
+process was not started by horovodrun) each collective returns its input
+unchanged, so single-process code and tests need no special case. Math modules
+never import horovod; they call these functions.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, List, Optional, Sequence
+
+import mxnet as mx
+
+log = logging.getLogger(__name__)
+
+_hvd: Any = None  # horovod.mxnet once init() ran under horovodrun
+_OPS = ("sum", "max", "min")
+
+
+def launched_by_horovodrun() -> bool:
+    """True when horovodrun (or mpirun with Horovod's env) started this process."""
+    return "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ
+
+
+def init(force_single: bool = False) -> None:
+    """Initialise Horovod when launched by horovodrun; otherwise stay a size-1 world.
+
+    force_single: never import horovod (a tool that must run as one process).
+    Calling init() twice is harmless.
+    """
+    global _hvd
+    if _hvd is not None or force_single or not launched_by_horovodrun():
+        return
+    import horovod.mxnet as hvd  # the one import of horovod in the project
+
+    hvd.init()
+    _hvd = hvd
+    log.debug("horovod initialised: rank %d of %d", hvd.rank(), hvd.size())
+
+
+def is_initialized() -> bool:
+    """True when collectives go through Horovod (not the size-1 fallback)."""
+    return _hvd is not None
+
+
+def rank() -> int:
+    return _hvd.rank() if _hvd is not None else 0
+
+
+def size() -> int:
+    return _hvd.size() if _hvd is not None else 1
+
+
+def local_rank() -> int:
+    return _hvd.local_rank() if _hvd is not None else 0
+
+
+def context() -> mx.Context:
+    """mx.gpu(local_rank) when this MXNet build sees a GPU, else mx.cpu()."""
+    try:
+        num_gpus = mx.context.num_gpus()
+    except mx.MXNetError:  # CPU-only build
+        num_gpus = 0
+    return mx.gpu(local_rank() % num_gpus) if num_gpus > 0 else mx.cpu()
+
+
+def _op_check(op: str) -> None:
+    if op not in _OPS:
+        raise ValueError(f"allreduce op must be one of {_OPS}, got {op!r}")
+
+
+def _op(op: str) -> Any:
+    _op_check(op)
+    return {"sum": _hvd.Sum, "max": _hvd.Max, "min": _hvd.Min}[op]
+
+
+def allreduce(x: mx.nd.NDArray, op: str = "sum", name: Optional[str] = None) -> mx.nd.NDArray:
+    """Element-wise reduction of x over ranks; op is 'sum', 'max' or 'min'. Same shape as x."""
+    if _hvd is None:
+        _op_check(op)
+        return x
+    return _hvd.allreduce(x, op=_op(op), name=name)
+
+
+def grouped_allreduce(xs: Sequence[mx.nd.NDArray], op: str = "sum",
+                      name: Optional[str] = None) -> List[mx.nd.NDArray]:
+    """allreduce of several arrays in one fused collective; returns a list in the same order."""
+    if _hvd is None:
+        _op_check(op)
+        return list(xs)
+    return list(_hvd.grouped_allreduce(list(xs), op=_op(op), name=name))
+
+
+def allgather(x: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
+    """Concatenate x from all ranks along axis 0, in rank order.
+
+    x: (n_r, ...) where n_r may differ between ranks; returns (sum n_r, ...).
+    """
+    if _hvd is None:
+        return x
+    return _hvd.allgather(x, name=name)
+
+
+def broadcast(x: mx.nd.NDArray, root: int = 0, name: Optional[str] = None) -> mx.nd.NDArray:
+    """Return root's x on every rank (same shape and dtype on all ranks required)."""
+    if _hvd is None:
+        return x
+    return _hvd.broadcast(x, root_rank=root, name=name)
+
+
+def broadcast_parameters(params: Any, root: int = 0) -> None:
+    """Overwrite a ParameterDict (or dict of NDArrays) in place with root's values."""
+    if _hvd is None:
+        return
+    _hvd.broadcast_parameters(params, root_rank=root)
+
+
+def broadcast_object(obj: Any, root: int = 0, name: Optional[str] = None) -> Any:
+    """Return root's picklable object on every rank."""
+    if _hvd is None:
+        return obj
+    return _hvd.broadcast_object(obj, root_rank=root, name=name)
+
+
+def allgather_object(obj: Any, name: Optional[str] = None) -> List[Any]:
+    """List of every rank's picklable object, in rank order."""
+    if _hvd is None:
+        return [obj]
+    return _hvd.allgather_object(obj, name=name)
+
+
+def barrier() -> None:
+    """Block until every rank reaches this point."""
+    if _hvd is None:
+        return
+    allreduce(mx.nd.zeros((1,)), name=None).wait_to_read()
+
+
+def shutdown() -> None:
+    """Shut Horovod down (end of a run); the module falls back to size 1."""
+    global _hvd
+    if _hvd is not None:
+        _hvd.shutdown()
+        _hvd = None
+

@@ -1,0 +1,1 @@
+"""Gluon backbones; the registry lives in symbols/registry.py (see get_model)."""

@@ -1,0 +1,59 @@
+"""pfc_mx.dist: the size-1 fallback in process, and real collectives on 2 ranks."""
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from pfc_mx import dist
+from tests.dist_cases.collectives import rank_values
+from tests.ranks import RanksFailed, launch, run_ranks
+
+
+def test_single_process_fallback_returns_inputs_unchanged():
+    assert not dist.launched_by_horovodrun()
+    dist.init()
+    assert (dist.rank(), dist.size(), dist.local_rank()) == (0, 1, 0)
+    x = mx.nd.array(rank_values(0))
+    for out in (dist.allgather(x), dist.allreduce(x, "sum"), dist.allreduce(x, "max"), dist.broadcast(x)):
+        np.testing.assert_array_equal(out.asnumpy(), x.asnumpy())
+    assert dist.allgather_object({"a": 1}) == [{"a": 1}]
+    assert dist.context() == mx.cpu()
+    with pytest.raises(ValueError, match="allreduce op"):
+        dist.allreduce(x, op="mean")
+
+
+@pytest.mark.dist
+def test_two_ranks_receive_exact_collective_values(tmp_path):
+    ranks = run_ranks("collectives", tmp_path)
+    a0, a1 = rank_values(0), rank_values(1)
+    assert [int(r["_rank"]) for r in ranks] == [0, 1]
+    assert all(int(r["_size"]) == 2 for r in ranks)
+    for r, res in enumerate(ranks):
+        np.testing.assert_array_equal(res["world"], [r, 2, r])
+        np.testing.assert_array_equal(res["input"], rank_values(r))
+        np.testing.assert_array_equal(res["allgather"], np.concatenate([a0, a1]))
+        np.testing.assert_array_equal(res["allgather_ragged"],
+                                      np.concatenate([rank_values(0, rows=1), rank_values(1, rows=2)]))
+        np.testing.assert_array_equal(res["allgather_int"], [0, 10, 1, 11])
+        assert res["allgather_int"].dtype == np.int32
+        np.testing.assert_array_equal(res["sum"], a0 + a1)
+        np.testing.assert_array_equal(res["max"], np.maximum(a0, a1))
+        np.testing.assert_array_equal(res["min"], np.minimum(a0, a1))
+        np.testing.assert_array_equal(res["grouped_sum"], np.stack([a0 + a1, 2 * (a0 + a1)]))
+        np.testing.assert_array_equal(res["broadcast"], a1)
+        assert int(res["broadcast_object_from"]) == 1
+
+
+@pytest.mark.dist
+def test_hung_rank_fails_after_timeout_instead_of_hanging(tmp_path):
+    # rank 1 never reaches the collective: the launcher must kill both and fail fast
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import time\nfrom pfc_mx import dist\ndist.init()\n"
+        "import mxnet as mx\n"
+        "if dist.rank() == 0:\n    dist.allreduce(mx.nd.ones((2,))).wait_to_read()\n"
+        "else:\n    time.sleep(600)\n")
+    import sys
+    with pytest.raises(RanksFailed, match="still running after"):
+        launch([sys.executable, str(script)], timeout=20)
