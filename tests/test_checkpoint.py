@@ -1,0 +1,98 @@
+"""pfc_mx.checkpoint in one process: atomic save, keep N, checksums, fallback, centers by class range."""
+from __future__ import annotations
+
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+
+from pfc_mx import checkpoint
+from pfc_mx.errors import CheckpointError
+
+
+def tiny():
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(3))
+    net.initialize()
+    net.hybridize()
+    net(mx.nd.ones((1, 4)))
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9}, kvstore=None)
+    return net, trainer
+
+
+def export(net, prefix):
+    net.export(prefix)
+
+
+def save(root, step, centers, keep=2):
+    net, trainer = tiny()
+    return checkpoint.save(root, step, {"step": step, "num_classes": len(centers[1])}, net, trainer,
+                           centers, keep, export)
+
+
+def centers(n=10, d=4, seed=0):
+    rng = np.random.RandomState(seed)
+    return 0, rng.randn(n, d).astype(np.float32), rng.randn(n, d).astype(np.float32)
+
+
+def test_save_writes_complete_folder_updates_latest_and_keeps_newest(tmp_path):
+    for step in (2, 4, 6):
+        folder = save(tmp_path, step, centers(seed=step))
+    assert folder.name == "step-00000006"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000004", "step-00000006"]
+    assert (tmp_path / "latest").read_text().strip() == "step-00000006"
+    state = checkpoint.verify(folder)
+    assert state["step"] == 6
+    assert {"backbone-symbol.json", "backbone-0000.params", "backbone-trainer.states",
+            "centers-000000000-000000010.weight.npy"} <= set(state["files"])
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_centers_reassemble_for_any_shard(tmp_path):
+    _, w, m = centers(n=10)
+    net, trainer = tiny()
+    # two "ranks" wrote [0, 6) and [6, 10): emulate by saving twice into one folder
+    folder = save(tmp_path, 2, (0, w[:6], m[:6]))
+    np.save(folder / "centers-000000006-000000010.weight.npy", w[6:])
+    np.save(folder / "centers-000000006-000000010.momentum.npy", m[6:])
+    for start, n in ((0, 10), (3, 4), (5, 5), (0, 4)):
+        gw, gm = checkpoint.load_centers(folder, start, n, 4)
+        np.testing.assert_array_equal(gw, w[start:start + n])
+        np.testing.assert_array_equal(gm, m[start:start + n])
+    with pytest.raises(CheckpointError, match=r"class range \[8, 12\) is not fully stored"):
+        checkpoint.load_centers(folder, 8, 4, 4)
+    with pytest.raises(CheckpointError, match="dimension 4, the model has 8"):
+        checkpoint.load_centers(folder, 0, 4, 8)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+    save(tmp_path, 2, centers(seed=1))
+    newest = save(tmp_path, 4, centers(seed=2))
+    params = newest / "backbone-0000.params"
+    params.write_bytes(params.read_bytes()[:-10])  # truncated
+    with pytest.raises(CheckpointError, match="checksum mismatch in backbone-0000.params"):
+        checkpoint.verify(newest)
+    found = checkpoint.find_resumable(tmp_path)
+    assert found.path.name == "step-00000002"
+    assert "skipping checkpoint" in caplog.text and "step-00000004" in caplog.text
+
+
+def test_folder_without_state_json_is_never_resumed(tmp_path):
+    save(tmp_path, 2, centers())
+    interrupted = tmp_path / "step-00000004"
+    interrupted.mkdir()
+    (interrupted / "backbone-0000.params").write_bytes(b"partial")
+    assert checkpoint.find_resumable(tmp_path).path.name == "step-00000002"
+    assert checkpoint.find_resumable(tmp_path / "nothing-here") is None
+
+
+def test_unwritable_root_raises_and_leaves_previous_intact(tmp_path):
+    save(tmp_path, 2, centers())
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(CheckpointError, match="cannot create"):
+        save(blocker, 4, centers())
+    assert (tmp_path / "latest").read_text().strip() == "step-00000002"
+    assert json.loads((tmp_path / "step-00000002" / "state.json").read_text())["step"] == 2

@@ -1,0 +1,100 @@
+"""pfc_mx.config: inheritance, overrides, strict schema with suggestions, path checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pfc_mx.config import check_data_paths, load_config, save_config
+from pfc_mx.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert 0 < cfg.partial_fc.sample_rate <= 1
+    assert len(cfg.loss.margins) == 3
+
+
+def test_recipe_inherits_base_and_resolves_paths_relative_to_its_file():
+    cfg = load_config(CONFIGS / "webface42m_r100_pfc02.yaml")
+    assert cfg.partial_fc.sample_rate == 0.2
+    assert cfg.loss.margins == (1.0, 0.0, 0.4)
+    assert cfg.optim.momentum == 0.9  # from base.yaml
+    assert cfg.data.rec == str((CONFIGS / "../datasets/WebFace42M").resolve())
+
+
+def test_base_chain_two_levels_deep():
+    cfg = load_config(CONFIGS / "glint360k_r100_cosface.yaml")
+    assert cfg.loss.margin == "cosface" and cfg.data.num_classes == 360232
+
+
+def test_overrides_are_typed_and_applied_last(tmp_path):
+    cfg = load_config(CONFIGS / "ms1mv3_r50.yaml",
+                      ["optim.lr=0.2", "partial_fc.sample_rate=0.1", "loss.margin=[1.0, 0.3, 0.2]",
+                       f"data.rec={tmp_path}", "seed=7"])
+    assert cfg.optim.lr == 0.2 and cfg.partial_fc.sample_rate == 0.1
+    assert cfg.loss.margins == (1.0, 0.3, 0.2)
+    assert cfg.data.rec == str(tmp_path) and cfg.seed == 7
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=0.1", "unknown key 'optim.lrr'; did you mean 'lr'"),
+    ("optimm.lr=0.1", "unknown key 'optimm'; did you mean 'optim'"),
+    ("partial_fc.sample_rate=0", "partial_fc.sample_rate = 0.0 must be in (0, 1]"),
+    ("partial_fc.sample_rate=1.5", "must be in (0, 1]"),
+    ("data.batch_size=0", "data.batch_size = 0 must be > 0"),
+    ("data.batch_size=12.5", "data.batch_size: expected an integer"),
+    ("model.fp16=maybe", "model.fp16: expected true or false"),
+    ("loss.margin=sphereface", "loss.margin = 'sphereface': use one of"),
+    ("loss.margin=[1.0, 0.5]", "loss.margin must be [m1, m2, m3]"),
+    ("loss.margin=[1.0, 4.0, 0.0]", "need m1 > 0, 0 <= m2 < pi"),
+    ("optim.schedule=multistep", "needs optim.milestones"),
+    ("partial_fc.centers_on=disk", "'device' or 'host'"),
+    ("no_equals_sign", "expected section.key=value"),
+])
+def test_bad_values_give_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / "ms1mv3_r50.yaml", [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_base_: {CONFIGS / 'base.yaml'}\noutput:\n  checkpoint_evry: 10\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'output.checkpoint_evry'; did you mean 'checkpoint_every'"):
+        load_config(bad)
+
+
+def test_missing_file_base_cycle_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("_base_: b.yaml\n")
+    b.write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(a)
+    (tmp_path / "c.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_data_paths_checked_before_training(tmp_path):
+    cfg = load_config(CONFIGS / "ms1mv3_r50.yaml", [f"data.rec={tmp_path}"])
+    with pytest.raises(ConfigError, match="train.rec does not exist"):
+        check_data_paths(cfg)
+    (tmp_path / "train.rec").write_bytes(b"")
+    with pytest.raises(ConfigError, match="index .*train.idx is missing"):
+        check_data_paths(cfg)
+    (tmp_path / "train.idx").write_text("")
+    check_data_paths(cfg)
+
+
+def test_saved_config_loads_back_identical(tmp_path):
+    cfg = load_config(CONFIGS / "ms1mv3_r50.yaml", ["optim.lr=0.3"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert again == cfg and again.digest() == cfg.digest()
