@@ -15,6 +15,7 @@ never import horovod; they call these functions.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Any, Iterable, List, Optional, Sequence
@@ -25,6 +26,19 @@ log = logging.getLogger(__name__)
 
 _hvd: Any = None  # horovod.mxnet once init() ran under horovodrun
 _OPS = ("sum", "max", "min")
+_calls = itertools.count()  # numbers unnamed collectives in program order
+
+
+def _name(kind: str, name: Optional[str]) -> str:
+    """The Horovod tensor name: the caller's, else `kind.N` numbered at call time.
+
+    Horovod's own fallback numbers unnamed ops when MXNet's engine runs them, and the
+    engine may run independent ops (two all-gathers, a gradient all-reduce and the next
+    step's all-gather) in a different order on each rank; the ranks would then pair
+    different tensors. Every rank makes the same calls in the same order, so numbering
+    them here gives matching names.
+    """
+    return name if name is not None else f"pfc_mx.{kind}.{next(_calls)}"
 
 
 def launched_by_horovodrun() -> bool:
@@ -89,7 +103,7 @@ def allreduce(x: mx.nd.NDArray, op: str = "sum", name: Optional[str] = None) -> 
     if _hvd is None:
         _op_check(op)
         return x
-    return _hvd.allreduce(x, op=_op(op), name=name)
+    return _hvd.allreduce(x, op=_op(op), name=_name("allreduce", name))
 
 
 def grouped_allreduce(xs: Sequence[mx.nd.NDArray], op: str = "sum",
@@ -98,7 +112,7 @@ def grouped_allreduce(xs: Sequence[mx.nd.NDArray], op: str = "sum",
     if _hvd is None:
         _op_check(op)
         return list(xs)
-    return list(_hvd.grouped_allreduce(list(xs), op=_op(op), name=name))
+    return list(_hvd.grouped_allreduce(list(xs), op=_op(op), name=_name("grouped_allreduce", name)))
 
 
 def allgather(x: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
@@ -108,42 +122,50 @@ def allgather(x: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
     """
     if _hvd is None:
         return x
-    return _hvd.allgather(x, name=name)
+    return _hvd.allgather(x, name=_name("allgather", name))
 
 
 def broadcast(x: mx.nd.NDArray, root: int = 0, name: Optional[str] = None) -> mx.nd.NDArray:
     """Return root's x on every rank (same shape and dtype on all ranks required)."""
     if _hvd is None:
         return x
-    return _hvd.broadcast(x, root_rank=root, name=name)
+    return _hvd.broadcast(x, root_rank=root, name=_name("broadcast", name))
 
 
 def broadcast_parameters(params: Any, root: int = 0) -> None:
-    """Overwrite a ParameterDict (or dict of NDArrays) in place with root's values."""
+    """Overwrite a Gluon ParameterDict in place with root's values (all its contexts).
+
+    Values travel as fresh default-layout arrays: after a forward pass MXNet's CPU
+    (MKLDNN) kernels may keep weights in a blocked layout that Horovod cannot read.
+    """
     if _hvd is None:
         return
-    _hvd.broadcast_parameters(params, root_rank=root)
+    for key in sorted(params.keys()):
+        p = params[key]
+        value = p.data()
+        fresh = mx.nd.array(value.asnumpy(), ctx=value.context, dtype=value.dtype)
+        p.set_data(broadcast(fresh, root=root, name=f"pfc_mx.param.{key}"))
 
 
 def broadcast_object(obj: Any, root: int = 0, name: Optional[str] = None) -> Any:
     """Return root's picklable object on every rank."""
     if _hvd is None:
         return obj
-    return _hvd.broadcast_object(obj, root_rank=root, name=name)
+    return _hvd.broadcast_object(obj, root_rank=root, name=_name("broadcast_object", name))
 
 
 def allgather_object(obj: Any, name: Optional[str] = None) -> List[Any]:
     """List of every rank's picklable object, in rank order."""
     if _hvd is None:
         return [obj]
-    return _hvd.allgather_object(obj, name=name)
+    return _hvd.allgather_object(obj, name=_name("allgather_object", name))
 
 
 def barrier() -> None:
     """Block until every rank reaches this point."""
     if _hvd is None:
         return
-    allreduce(mx.nd.zeros((1,)), name=None).wait_to_read()
+    allreduce(mx.nd.zeros((1,))).wait_to_read()
 
 
 def shutdown() -> None:
