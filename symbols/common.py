@@ -1,0 +1,106 @@
+"""Pieces every backbone shares: the input normalisation, the embedding head, the base class.
+
+Naming: a backbone is a block with an empty prefix whose layers all carry explicit
+prefixes, so parameter names are the same in every instance (`conv0_weight`,
+`stage1_unit1_bn1_gamma`, ...), which makes checkpoints loadable by name. The head's
+graph nodes are named exactly `bn1`, `pre_fc1` and `fc1` (not `fc1_fwd`), so an
+exported symbol exposes `fc1_output` like the legacy insightface models.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import mxnet as mx
+from mxnet.gluon import HybridBlock, nn
+
+MEAN, SCALE = 127.5, 0.0078125     # raw RGB 0..255 -> about [-1, 1]
+
+
+def batch_norm(prefix: str, channels: int, bn_mom: float, bn_eps: float) -> nn.BatchNorm:
+    """BatchNorm over axis 1 with the legacy defaults (momentum 0.9, eps 2e-5) passed in."""
+    return nn.BatchNorm(momentum=bn_mom, epsilon=bn_eps, in_channels=channels, prefix=prefix)
+
+
+class NamedBatchNorm(nn.BatchNorm):
+    """nn.BatchNorm whose graph node is called exactly `node` (e.g. `fc1`, output `fc1_output`)."""
+
+    def __init__(self, node: str, **kwargs: Any):
+        super().__init__(prefix=node + "_", **kwargs)
+        self._node = node
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        with mx.name.NameManager():      # leave the enclosing Prefix scope: the node keeps its bare name
+            return F.BatchNorm(x, gamma, beta, running_mean, running_var, name=self._node, **self._kwargs)
+
+
+class NamedDense(nn.Dense):
+    """nn.Dense (flattening its input) whose graph node is called exactly `node` (e.g. `pre_fc1`)."""
+
+    def __init__(self, node: str, units: int, **kwargs: Any):
+        super().__init__(units, prefix=node + "_", **kwargs)
+        self._node = node
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        with mx.name.NameManager():
+            return F.FullyConnected(x, weight, bias, no_bias=bias is None, num_hidden=self._units,
+                                    flatten=True, name=self._node)
+
+
+class EmbeddingHead(HybridBlock):
+    """Features (B, C, H, W) → BN `bn1` → dropout → FC `pre_fc1` → BN `fc1` → (B, D) embeddings.
+
+    The insightface "E" output with fixed gamma in `fc1`; `pre_bn=False, fc_bias=False,
+    fix_gamma=False` gives arcface_torch's MobileFaceNet head (Linear without bias, BatchNorm1d).
+    in_channels / in_units 0 are inferred on the first forward.
+    """
+
+    def __init__(self, embedding_size: int, in_channels: int = 0, in_units: int = 0, dropout: float = 0.0,
+                 bn_mom: float = 0.9, bn_eps: float = 2e-5, pre_bn: bool = True, fc_bias: bool = True,
+                 fix_gamma: bool = True):
+        super().__init__(prefix="")
+        self._dropout = float(dropout)
+        self.bn1 = (NamedBatchNorm("bn1", momentum=bn_mom, epsilon=bn_eps, in_channels=in_channels)
+                    if pre_bn else None)
+        self.pre_fc1 = NamedDense("pre_fc1", embedding_size, use_bias=fc_bias, in_units=in_units)
+        self.fc1 = NamedBatchNorm("fc1", momentum=bn_mom, epsilon=bn_eps, scale=not fix_gamma,
+                                  in_channels=embedding_size)
+
+    def hybrid_forward(self, F, x):
+        if self.bn1 is not None:
+            x = self.bn1(x)
+        if self._dropout > 0:
+            with mx.name.NameManager():
+                x = F.Dropout(x, p=self._dropout, name="dropout0")
+        return self.fc1(self.pre_fc1(x))
+
+
+class Backbone(HybridBlock):
+    """Raw RGB (B, 3, 112, 112), uint8 or float32 in 0..255 → (B, D) float32 embeddings.
+
+    Subclasses set `self.body` (run in float16 when fp16=True) and `self.head` (always
+    float32), then call `self._finish()`. `config` holds the constructor arguments, so
+    `type(net)(**net.config)` builds the same network with the same parameter names.
+    With fp16=True the body's weights are float16 (BatchNorm parameters stay float32,
+    as in Gluon) and the output is still float32; MXNet runs float16 convolutions on GPUs only.
+    """
+
+    def __init__(self, config: Dict[str, Any]):
+        super().__init__(prefix="")
+        self.config = dict(config)
+        self.fp16 = bool(config.get("fp16", False))
+        self.body: Optional[HybridBlock] = None
+        self.head: Optional[HybridBlock] = None
+
+    def _finish(self) -> None:
+        if self.fp16:
+            self.body.cast("float16")
+
+    def hybrid_forward(self, F, x):
+        x = F.cast(x, dtype="float32")
+        x = (x - MEAN) * SCALE           # the first layer: exported models take raw 0..255 RGB
+        if self.fp16:
+            x = F.cast(x, dtype="float16")
+        x = self.body(x)
+        if self.fp16:
+            x = F.cast(x, dtype="float32")
+        return self.head(x)
