@@ -2,7 +2,8 @@
 
     net = IResNet(units=UNITS[50], channels=CHANNELS)       # = symbols.get_model("iresnet50")
 
-Input (B, 3, 112, 112) raw RGB → (x − 127.5) · 0.0078125 → conv0 3×3 stride 1 + bn0 + relu0
+Input (B, 3, 112, 112) raw RGB → (x − 127.5) · 0.0078125 → conv0 3×3 stride 1 (2 in
+iresnet_demo, DEMO_SPEC) + bn0 + relu0
 (PReLU) → four stages of IR units, the first unit of each at stride 2 → bn1 → dropout →
 pre_fc1 (FC to D) → fc1 (BN, fixed gamma) → (B, D) float32.
 
@@ -31,8 +32,10 @@ CHANNELS = (64, 128, 256, 512)
 
 # registry name -> (units per stage, channels per stage)
 SPECS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {f"iresnet{d}": (u, CHANNELS) for d, u in UNITS.items()}
-# the CPU demo and tests: PReLU's backward at 112×112 dominates a CPU step, hence few channels
+# tests: PReLU's backward at 112×112 dominates a CPU step, hence few channels
 SPECS["iresnet_tiny"] = ((1, 1, 1, 1), (8, 16, 32, 64))
+# the CPU demo (not a legacy shape): a stride-2 stem, so every layer runs at 56×56 or less
+DEMO_SPEC = dict(units=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_stride=2)
 
 
 def _conv(prefix: str, in_channels: int, channels: int, kernel: int, stride: int) -> nn.Conv2D:
@@ -69,17 +72,18 @@ class IResNet(Backbone):
 
     def __init__(self, units: Sequence[int], channels: Sequence[int] = CHANNELS, embedding_size: int = 512,
                  dropout: float = 0.0, bn_mom: float = 0.9, bn_eps: float = 2e-5, fp16: bool = False,
-                 input_size: int = 112):
+                 input_size: int = 112, stem_stride: int = 1):
         units, channels = tuple(int(u) for u in units), tuple(int(c) for c in channels)
         if len(units) != len(channels) or min(units) < 1:
             raise ValueError(f"iresnet needs one unit count >= 1 per stage, got units {units}, channels {channels}")
         super().__init__(dict(units=units, channels=channels, embedding_size=embedding_size, dropout=dropout,
-                              bn_mom=bn_mom, bn_eps=bn_eps, fp16=fp16, input_size=input_size))
+                              bn_mom=bn_mom, bn_eps=bn_eps, fp16=fp16, input_size=input_size,
+                              stem_stride=stem_stride))
         body = nn.HybridSequential(prefix="")
-        body.add(_conv("conv0_", 3, channels[0], 3, 1),
+        body.add(_conv("conv0_", 3, channels[0], 3, stem_stride),
                  batch_norm("bn0_", channels[0], bn_mom, bn_eps),
                  nn.PReLU(in_channels=channels[0], prefix="relu0_"))
-        in_channels, size = channels[0], input_size
+        in_channels, size = channels[0], (input_size - 1) // stem_stride + 1
         for i, (n, c) in enumerate(zip(units, channels), start=1):
             for j in range(1, n + 1):
                 stride = 2 if j == 1 else 1
@@ -91,8 +95,3 @@ class IResNet(Backbone):
                                   dropout=dropout, bn_mom=bn_mom, bn_eps=bn_eps)
         self._finish()
 
-
-def iresnet(name: str, **kwargs) -> IResNet:
-    """The registered IResNet `name` (a key of SPECS); kwargs as IResNet's."""
-    units, channels = SPECS[name]
-    return IResNet(units, channels, **kwargs)

@@ -16,11 +16,12 @@ from typing import Any, Callable, Dict, List
 from pfc_mx.errors import ModelError
 from symbols.common import Backbone
 from symbols.gluoncv_zoo import PREFIX as GLUONCV_PREFIX, GluonCVBackbone
-from symbols.iresnet import SPECS, IResNet
+from symbols.iresnet import DEMO_SPEC, SPECS, IResNet
 from symbols.mobilefacenet import MobileFaceNet
 
 _MODELS: Dict[str, Callable[..., Backbone]] = {
     **{name: partial(IResNet, units=units, channels=channels) for name, (units, channels) in SPECS.items()},
+    "iresnet_demo": partial(IResNet, **DEMO_SPEC),
     "mobilefacenet": MobileFaceNet,
 }
 
