@@ -1,0 +1,273 @@
+"""Parallel decode + augment of rank-sharded batches, prefetched ahead of the training step.
+
+Usage::
+
+    with RecordLoader(RecordDataset(root), batch_size=128, rank=r, world_size=w, seed=0) as loader:
+        for images, labels in loader.epoch(epoch, start_step=k):   # (B, 3, 112, 112) uint8 RGB, (B,) int32
+            ...
+
+Worker processes (forked once, reused across epochs) read records by index, decode with
+OpenCV, resize to 112×112 if needed, and write the batch into one of `prefetch` slots of
+an anonymous shared memory map; only indices travel through the queues. num_workers=0
+does the same work in the calling process. Batch k of an epoch depends only on
+(seed, epoch, k, rank), never on the number of workers, so runs and resumes are reproducible.
+
+A record that does not decode is skipped with a warning, counted and replaced by a
+spare record of the same rank's epoch shard (drawn from the same seed), so batch shapes
+stay fixed. More distinct corrupt records than max_corrupt_fraction of the rank's epoch
+stops the run with DatasetError.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import multiprocessing as mp
+import os
+import queue
+import sys
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+import cv2
+import numpy as np
+
+from pfc_mx.data import augment
+from pfc_mx.data.recordio import RecordDataset, unpack_header
+from pfc_mx.data.sampler import ShardedSampler
+from pfc_mx.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 112
+NUM_SPARES = 8  # replacement candidates per batch for corrupt records
+_POLL_S = 1.0
+
+
+def decode(dataset: RecordDataset, i: int, size: int = IMAGE_SIZE) -> Optional[np.ndarray]:
+    """Image i as (size, size, 3) uint8 RGB, or None if its record does not decode."""
+    try:
+        _, _, data = unpack_header(dataset.read_raw(i))
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except (DatasetError, ValueError, cv2.error):
+        return None
+    if img is None:
+        return None
+    if img.shape[:2] != (size, size):
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return img[:, :, ::-1]
+
+
+def load_batch(dataset: RecordDataset, indices: np.ndarray, spares: np.ndarray, out: np.ndarray,
+               key: Tuple[int, ...], mirror: bool, color_jitter: float) -> Tuple[np.ndarray, List[int]]:
+    """Decode + augment images `indices` (B,) into out (B, 3, S, S) uint8.
+
+    Returns (used (B,) image indices actually placed, after replacing corrupt ones from
+    `spares`, corrupt image indices met). key seeds the augmentation.
+    """
+    used = np.array(indices, np.int64)
+    corrupt: List[int] = []
+    spare_iter = iter(spares.tolist())
+    missing = []
+    for pos, i in enumerate(indices.tolist()):
+        img = decode(dataset, i, out.shape[-1])
+        while img is None:
+            corrupt.append(i)
+            i = next(spare_iter, None)
+            if i is None:
+                break
+            img = decode(dataset, i, out.shape[-1])
+        if img is None:
+            missing.append(pos)
+            continue
+        used[pos] = i
+        out[pos] = img.transpose(2, 0, 1)
+    if missing:  # spares exhausted: repeat decoded images of this batch
+        good = np.setdiff1d(np.arange(len(indices)), missing)
+        if good.size == 0:
+            raise DatasetError(f"{dataset.path}: no image of a batch of {len(indices)} (and {len(spares)} spares) "
+                               "decodes")
+        for n, pos in enumerate(missing):
+            src = good[n % good.size]
+            out[pos], used[pos] = out[src], used[src]
+    params = augment.draw(np.random.default_rng(list(key)), len(indices), mirror, color_jitter)
+    out[...] = augment.apply(out, params)
+    return used, sorted(set(corrupt))
+
+
+def _worker(dataset: RecordDataset, slots: np.ndarray, tasks, results, parent: int, mirror: bool,
+            jitter: float) -> None:
+    """Worker process loop: (task id, slot, indices, spares, key) → (task id, used, corrupt, error)."""
+    cv2.setNumThreads(1)
+    while True:
+        try:
+            task = tasks.get(timeout=_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:  # the trainer died: do not linger
+                return
+            continue
+        if task is None:
+            return
+        tid, slot, indices, spares, key = task
+        try:
+            used, corrupt = load_batch(dataset, indices, spares, slots[slot, :len(indices)], key, mirror, jitter)
+            results.put((tid, used, corrupt, None))
+        except Exception as e:  # reported to the parent, which raises it
+            results.put((tid, None, None, e if isinstance(e, DatasetError) else RuntimeError(repr(e))))
+
+
+class RecordLoader:
+    """Batches of (images (B, 3, 112, 112) uint8 RGB, labels (B,) int32) for one rank."""
+
+    def __init__(self, dataset: RecordDataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 num_workers: int = 2, mirror: bool = True, color_jitter: float = 0.0, prefetch: int = 4,
+                 max_corrupt_fraction: float = 0.01):
+        self.dataset = dataset
+        self.sampler = ShardedSampler(dataset.num_images, batch_size, rank, world_size, seed)
+        self.batch_size, self.rank, self.seed = batch_size, rank, seed
+        self.num_workers, self.mirror, self.color_jitter = int(num_workers), bool(mirror), float(color_jitter)
+        self.max_corrupt_fraction = float(max_corrupt_fraction)
+        self.corrupt: Set[int] = set()
+        self._generation = 0
+        self._next_tid = 0
+        self._inflight: Dict[int, int] = {}  # task id -> slot
+        self._done: Dict[int, tuple] = {}
+        self._workers: List[mp.Process] = []
+        num_slots = max(int(prefetch), self.num_workers, 1)
+        shape = (num_slots, batch_size, 3, IMAGE_SIZE, IMAGE_SIZE)
+        self._map = mmap.mmap(-1, int(np.prod(shape)))  # MAP_SHARED | MAP_ANONYMOUS: shared with forked workers
+        self._slots = np.frombuffer(self._map, np.uint8).reshape(shape)
+        self._free = list(range(num_slots))
+        if self.num_workers > 0:
+            self._start_workers()
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    @property
+    def corrupt_count(self) -> int:
+        """Distinct records skipped as corrupt so far by this loader."""
+        return len(self.corrupt)
+
+    def _start_workers(self) -> None:
+        method = "fork" if sys.platform.startswith("linux") else None
+        ctx = mp.get_context(method)
+        self._tasks, self._results = ctx.Queue(), ctx.Queue()
+        for n in range(self.num_workers):
+            p = ctx.Process(target=_worker, name=f"pfc-loader-{self.rank}-{n}", daemon=True,
+                            args=(self.dataset, self._slots, self._tasks, self._results, os.getpid(),
+                                  self.mirror, self.color_jitter))
+            p.start()
+            self._workers.append(p)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Iterator over the batches of `epoch` from `start_step` on; a new call supersedes an older iterator."""
+        plan = self.sampler.indices(epoch, start_step)
+        shard = self.sampler.indices(epoch).ravel()
+        self._generation += 1
+        return self._iterate(self._generation, epoch, start_step, plan, shard)
+
+    def _spares(self, epoch: int, step: int, shard: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, step, self.rank, 1])
+        return shard[rng.integers(0, shard.size, NUM_SPARES)] if shard.size else shard
+
+    def _iterate(self, generation: int, epoch: int, start: int, plan: np.ndarray,
+                 shard: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        self._drain()
+        steps = range(start, start + len(plan))
+        if self.num_workers == 0:
+            out = self._slots[0]
+            for step, indices in zip(steps, plan):
+                self._check_current(generation)
+                used, corrupt = load_batch(self.dataset, indices, self._spares(epoch, step, shard), out,
+                                           (self.seed, epoch, step, self.rank), self.mirror, self.color_jitter)
+                self._note_corrupt(corrupt, used)
+                yield out.copy(), self.dataset.labels[used]
+            return
+        submitted: List[int] = []  # task ids in step order
+        next_submit = 0
+        for n in range(len(plan)):
+            self._check_current(generation)
+            while next_submit < len(plan) and self._free:
+                step = start + next_submit
+                slot = self._free.pop()
+                tid = self._next_tid
+                self._next_tid += 1
+                self._inflight[tid] = slot
+                self._tasks.put((tid, slot, plan[next_submit], self._spares(epoch, step, shard),
+                                 (self.seed, epoch, step, self.rank)))
+                submitted.append(tid)
+                next_submit += 1
+            tid = submitted[n]
+            used, corrupt, error = self._wait(tid)
+            slot = self._inflight.pop(tid)
+            if error is None:
+                images = self._slots[slot].copy()
+            self._free.append(slot)
+            if error is not None:
+                raise error
+            self._note_corrupt(corrupt, used)
+            yield images, self.dataset.labels[used]
+
+    def _check_current(self, generation: int) -> None:
+        if generation != self._generation:
+            raise RuntimeError("this epoch iterator was superseded by a later RecordLoader.epoch() call")
+
+    def _wait(self, tid: int) -> tuple:
+        """Block until task tid is done; results of other tasks are kept for later."""
+        while tid not in self._done:
+            try:
+                got = self._results.get(timeout=_POLL_S)
+            except queue.Empty:
+                dead = [p for p in self._workers if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"data loader worker {dead[0].name} died (exit code {dead[0].exitcode})")
+                continue
+            self._done[got[0]] = got[1:]
+        return self._done.pop(tid)
+
+    def _drain(self) -> None:
+        """Wait for the tasks of an abandoned iterator and free their slots."""
+        for tid in list(self._inflight):
+            self._wait(tid)
+            self._free.append(self._inflight.pop(tid))
+
+    def _note_corrupt(self, corrupt: List[int], used: np.ndarray) -> None:
+        new = [i for i in corrupt if i not in self.corrupt]
+        for i in new:
+            log.warning("skipping corrupt record %d (image %d) of %s: it does not decode; replaced by a spare",
+                        self.dataset.keys[i], i, self.dataset.path)
+        self.corrupt.update(new)
+        limit = self.max_corrupt_fraction * self.batches_per_epoch * self.batch_size
+        if new and len(self.corrupt) > limit:
+            raise DatasetError(f"{self.dataset.path}: {len(self.corrupt)} corrupt records exceed "
+                               f"max_corrupt_fraction {self.max_corrupt_fraction:g} of the "
+                               f"{self.batches_per_epoch * self.batch_size} images this rank reads per epoch")
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        workers, self._workers = self._workers, []
+        if not workers:
+            return
+        for _ in workers:
+            self._tasks.put(None)
+        for p in workers:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+        self._tasks.close()
+        self._results.close()
+        self._inflight.clear()
+
+    def __enter__(self) -> "RecordLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
