@@ -19,3 +19,20 @@ def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _console(tool: str) -> Callable[[], int]:
+    """A console-script entry for tools/<tool>.py that goes through run_cli."""
+    def entry() -> int:
+        import importlib
+        return run_cli(importlib.import_module(f"tools.{tool}").main)
+    return entry
+
+
+# console scripts (pyproject.toml [project.scripts])
+rec = _console("rec")
+export_onnx = _console("export_onnx")
+eval_verification = _console("eval_verification")
+eval_ijb = _console("eval_ijb")
+model_info = _console("model_info")
+plan = _console("plan")
