@@ -1,0 +1,314 @@
+"""Partial FC: this rank's shard of class centers, sampled margin softmax, sparse center updates.
+
+    pfc = PartialFC(num_classes, 512, margin=(1.0, 0.5, 0.0), sample_rate=0.1, ctx=dist.context())
+    with autograd.record():
+        emb = backbone(images)                                 # (B, D) on this rank
+    loss, grad = pfc.forward_backward(emb.detach(), labels)   # global mean loss, dL/d emb (B, D)
+    emb.backward(grad); trainer.step(1); pfc.step(lr, momentum=0.9, wd=5e-4)
+
+Math of one step (shared/DESIGN.md §3, steps 3–11): embeddings and labels are
+gathered from every rank (N = W·B rows, every rank must hold the same B);
+rank r owns classes [class_start, class_start + num_local); a step uses every
+positive class of the shard plus uniform negatives (sample_rate < 1), samples
+differ per rank and per step (seed, rank, step); logits s·cos with the combined
+margin on the target entry (pfc_mx.margin); the softmax is normalised over all
+ranks (allreduce of per-row log-normalisers); the embedding gradient is summed
+over ranks and each rank returns its own B rows. step() applies MXNet's SGD
+momentum update (the `sgd_mom_update` operator that mx.optimizer.SGD uses:
+mom = momentum·mom − lr·(grad + wd·w); w += mom, rescale_grad 1) to the rows of
+the last step only; every other row keeps weight and momentum bit for bit
+(MXNet logs once that such lazy row-sparse updates differ from dense ones:
+that difference is the point here).
+
+Checkpoints by global class range (elastic resume on another world size):
+``get_shard()`` → (class_start, weight, momentum) as NumPy arrays of this shard;
+``set_rows(global_start, weight, momentum)`` writes the part of rows
+[global_start, global_start + len(weight)) that falls in this shard (call it
+with every stored range, or with this shard's own range); ``set_step(step)``
+restores the sampling stream. Initial centers are N(0, 0.01) per global class
+(pfc_mx.shard), identical for any world size.
+
+Memory per rank: weight + momentum (num_local × D float32 each; ``centers_on=
+"host"`` keeps them in host memory and moves only the used rows), plus a
+workspace reused across steps: S × D normalised centers (which become the
+center gradient), N × S logits, and one buffer of max(N, D) × S holding first
+the gathered rows (sampling or host centers) and then the probabilities (which
+become the logit gradient); a further N × S with inter-class filtering.
+Embeddings may be float16; all softmax math is float32.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import mxnet as mx
+import numpy as np
+
+from pfc_mx import dist
+from pfc_mx import fc_math as fm
+from pfc_mx.margin import get_margin, keep_mask, target_logit_and_derivative
+from pfc_mx.shard import init_center_rows, plan_step, shard_range, step_rng
+
+log = logging.getLogger(__name__)
+
+LOWEST = float(np.finfo(np.float32).min)  # log-normaliser of a rank without columns
+UPDATE_CHUNK_BYTES = 4 << 20              # rows per sparse-update call: 4 MiB of gradient
+
+
+def _zeros(shape: Tuple[int, int], ctx: mx.Context) -> mx.nd.NDArray:
+    """Zero float32 array; (0, D) is allowed (an empty shard when C < W)."""
+    with mx.util.np_shape(shape[0] == 0):
+        return mx.nd.zeros(shape, ctx=ctx, dtype="float32")
+
+
+class PartialFC:
+    """The Partial FC head of one rank (see the module docstring)."""
+
+    def __init__(self, num_classes: int, embedding_size: int, margin: Union[str, Sequence[float]] = (1.0, 0.5, 0.0),
+                 scale: float = 64.0, sample_rate: float = 1.0, interclass_filtering_threshold: float = 0.0,
+                 ctx: Optional[mx.Context] = None, seed: int = 0, centers_on: str = "device") -> None:
+        if num_classes < 1 or embedding_size < 1:
+            raise ValueError(f"need num_classes >= 1 and embedding_size >= 1, got {num_classes}, {embedding_size}")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if not 0 <= interclass_filtering_threshold < 1:
+            raise ValueError(f"interclass_filtering_threshold must be in [0, 1), got {interclass_filtering_threshold}")
+        if centers_on not in ("device", "host"):
+            raise ValueError(f"centers_on must be 'device' or 'host', got {centers_on!r}")
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.num_classes, self.embedding_size = int(num_classes), int(embedding_size)
+        self.margin = get_margin(margin)
+        self.scale, self.sample_rate = float(scale), float(sample_rate)
+        self.threshold = float(interclass_filtering_threshold)
+        self.seed = int(seed)
+        self.world, self.rank = dist.size(), dist.rank()
+        self.ctx = ctx if ctx is not None else dist.context()
+        self.store_ctx = mx.cpu() if centers_on == "host" else self.ctx
+        self.class_start, self.num_local = shard_range(self.num_classes, self.world, self.rank)
+        self.weight = _zeros((self.num_local, self.embedding_size), self.store_ctx)
+        self.momentum = _zeros((self.num_local, self.embedding_size), self.store_ctx)
+        for lo, hi, rows in init_center_rows(self.class_start, self.num_local, self.embedding_size, self.seed):
+            self.weight[lo:hi]._sync_copyfrom(rows)  # straight into the view: no temporary NDArray per block
+        self.last_index: Optional[np.ndarray] = None   # (S,) local rows used by the last step
+        self.last_grad: Optional[mx.nd.NDArray] = None  # (S, D) dL/d weight[last_index], until the next call
+        self._step = 0
+        self._pending: Optional[Tuple[Optional[mx.nd.NDArray], Optional[mx.nd.NDArray]]] = None
+        self._ws: Dict[str, Any] = {}
+        log.debug("rank %d: classes [%d, %d) of %d, D %d, sample rate %g, centers on %s", self.rank,
+                  self.class_start, self.class_start + self.num_local, self.num_classes, self.embedding_size,
+                  self.sample_rate, self.store_ctx)
+
+    # ------------------------------------------------------------------ state
+    def set_step(self, step: int) -> None:
+        """Continue the sampling stream at step (after a resume)."""
+        self._step = int(step)
+
+    def get_shard(self) -> Tuple[int, np.ndarray, np.ndarray]:
+        """(class_start, weight (num_local, D), momentum (num_local, D)) as float32 NumPy copies."""
+        return self.class_start, self.weight.asnumpy(), self.momentum.asnumpy()
+
+    def set_rows(self, global_start: int, weight: np.ndarray, momentum: Optional[np.ndarray] = None) -> int:
+        """Write centers (and momentum) of global classes [global_start, +len(weight)) that this shard owns.
+
+        Returns the number of rows written (0 when the range misses the shard).
+        """
+        weight = np.asarray(weight, dtype=np.float32)
+        if weight.ndim != 2 or weight.shape[1] != self.embedding_size:
+            raise ValueError(f"centers must be (n, {self.embedding_size}), got {weight.shape}")
+        lo = max(global_start, self.class_start)
+        hi = min(global_start + len(weight), self.class_start + self.num_local)
+        if lo >= hi:
+            return 0
+        src, dst = slice(lo - global_start, hi - global_start), slice(lo - self.class_start, hi - self.class_start)
+        self.weight[dst] = weight[src]
+        if momentum is not None:
+            self.momentum[dst] = np.asarray(momentum, dtype=np.float32)[src]
+        return hi - lo
+
+    # --------------------------------------------------------------- one step
+    def forward_backward(self, embeddings: mx.nd.NDArray, labels: Any) -> Tuple[float, mx.nd.NDArray]:
+        """Global mean loss (same on every rank) and its gradient w.r.t. embeddings (B, D), same dtype.
+
+        embeddings: this rank's (B, D) float32 or float16; labels: (B,) class ids in [0, C).
+        Collective: every rank calls it with the same B.
+        """
+        b = embeddings.shape[0]
+        d = embeddings.shape[1] if embeddings.ndim == 2 else -1
+        y = labels.asnumpy() if isinstance(labels, mx.nd.NDArray) else np.asarray(labels)
+        all_labels = self._gather_labels(b, d, y.reshape(-1).astype(np.int64))
+        n = self.world * b
+        x_all = dist.allgather(embeddings.as_in_context(self.ctx), name="pfc_mx.pfc.embeddings")
+        if x_all.dtype != np.float32:
+            x_all = x_all.astype("float32")
+        rng = step_rng(self.seed, self.rank, self._step) if self.sample_rate < 1 else None
+        plan = plan_step(all_labels, self.class_start, self.num_local, self.sample_rate, rng)
+        self._step += 1
+        xn, xnorm = fm.normalize_rows(x_all)
+        local = self._local_forward(plan, xn, n)
+        lse_max = dist.allreduce(local["lse"], op="max", name="pfc_mx.pfc.lse_max")
+        sum_exp, target = dist.grouped_allreduce([mx.nd.exp(local["lse"] - lse_max), local["target"]], op="sum",
+                                                   name="pfc_mx.pfc.softmax_sums")
+        lse = fm.combine_log_normalizers(lse_max, sum_exp)
+        loss = float(fm.softmax_ce_loss(lse, target).asscalar())
+        dxn = dist.allreduce(self._local_backward(local, lse, xn, n), op="sum", name="pfc_mx.pfc.embedding_grad")
+        rows = slice(self.rank * b, (self.rank + 1) * b)
+        grad = fm.normalize_backward(dxn[rows], xn[rows], xnorm[rows])
+        return loss, grad.astype(embeddings.dtype, copy=False)
+
+    def step(self, lr: float, momentum: float = 0.9, wd: float = 5e-4) -> None:
+        """SGD (MXNet semantics) on the rows used by the last forward_backward; other rows untouched."""
+        if self._pending is None:
+            raise RuntimeError("PartialFC.step() needs a forward_backward() first")
+        index, grad = self._pending
+        self._pending = None
+        if grad is None:
+            return
+        kw = dict(lr=float(lr), wd=float(wd), rescale_grad=1.0)
+        if momentum:
+            kw["momentum"] = float(momentum)
+        if index is None and self.store_ctx == self.ctx:  # every row: the dense operator, in place
+            if momentum:
+                mx.nd.sgd_mom_update(self.weight, grad, self.momentum, out=self.weight, **kw)
+            else:
+                mx.nd.sgd_update(self.weight, grad, out=self.weight, **kw)
+            return
+        chunk = max(1, UPDATE_CHUNK_BYTES // (4 * self.embedding_size))
+        shape = (self.num_local, self.embedding_size)
+        for a in range(0, grad.shape[0], chunk):
+            hi = min(a + chunk, grad.shape[0])
+            rows = (index[a:hi] if index is not None
+                    else mx.nd.arange(a, hi, ctx=self.store_ctx, dtype="int64"))
+            rsp = mx.nd.sparse.row_sparse_array((grad[a:hi].as_in_context(self.store_ctx), rows), shape=shape,
+                                                ctx=self.store_ctx)
+            if momentum:
+                mx.nd.sgd_mom_update(self.weight, rsp, self.momentum, out=self.weight, lazy_update=True, **kw)
+            else:
+                mx.nd.sgd_update(self.weight, rsp, out=self.weight, lazy_update=True, **kw)
+
+    # ---------------------------------------------------------------- helpers
+    def _gather_labels(self, b: int, d: int, y: np.ndarray) -> np.ndarray:
+        """All ranks' labels (N,) in rank order.
+
+        Each rank sends (B, D, number of labels, labels); every check runs on the
+        gathered data, so a bad input on one rank raises ValueError on every rank
+        instead of leaving the others waiting in a collective.
+        """
+        packed = dist.allgather(mx.nd.array(np.concatenate([[b, d, len(y)], y]), dtype="int32"),
+                                name="pfc_mx.pfc.labels")
+        packed = packed.asnumpy().astype(np.int64)
+        headers, parts, pos = [], [], 0
+        for _ in range(self.world):
+            headers.append(tuple(int(v) for v in packed[pos:pos + 3]))
+            parts.append(packed[pos + 3:pos + 3 + headers[-1][2]])
+            pos += 3 + headers[-1][2]
+        sizes, dims, counts = zip(*headers)
+        if len(set(sizes)) != 1:
+            raise ValueError(f"every rank must pass the same batch size, got {list(sizes)} on ranks "
+                             f"0..{self.world - 1}")
+        if set(dims) != {self.embedding_size}:
+            raise ValueError(f"embeddings must be (B, {self.embedding_size}), got dimension {list(dims)} per rank "
+                             "(-1: not 2-D)")
+        if counts != sizes:
+            raise ValueError(f"got {list(counts)} labels for {list(sizes)} embeddings per rank")
+        labels = np.concatenate(parts)
+        bad = (labels < 0) | (labels >= self.num_classes)
+        if bad.any():
+            raise ValueError(f"label {labels[bad][0]} is outside [0, {self.num_classes})")
+        return labels
+
+    def _workspace(self, n: int, s: int, gather: bool) -> Dict[str, mx.nd.NDArray]:
+        """Buffers of one step, reused while (N, S) stay the same.
+
+        The gathered rows (S, D) are dead once normalised, before the probabilities
+        (N, S) are born: both are views of one buffer.
+        """
+        key = (n, s, gather)
+        if self._ws.get("key") != key:
+            self._ws = {}  # free the old buffers before allocating new ones
+            dim, ctx = self.embedding_size, self.ctx
+            shared = mx.nd.empty((max(n, dim if gather else 0) * s,), ctx=ctx)
+            ws = {"key": key, "wn": mx.nd.empty((s, dim), ctx=ctx), "wnorm": mx.nd.empty((s,), ctx=ctx),
+                  "logits": mx.nd.empty((n, s), ctx=ctx), "probs": shared[:n * s].reshape((n, s))}
+            if gather:
+                ws["rows"] = shared[:s * dim].reshape((s, dim))
+            if self.threshold > 0:
+                ws["keep"] = mx.nd.empty((n, s), ctx=ctx)
+            self._ws = ws
+        return self._ws
+
+    def _used_rows(self, index: Optional[np.ndarray], ws: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
+        """weight[index] on the training context (the weight itself when every row is used on-device)."""
+        if index is None:
+            return self.weight if "rows" not in ws else self.weight.copyto(ws["rows"])
+        idx = mx.nd.array(index, ctx=self.store_ctx, dtype="int64")
+        if self.store_ctx == self.ctx:
+            return mx.nd.take(self.weight, idx, out=ws["rows"])
+        return mx.nd.take(self.weight, idx).copyto(ws["rows"])
+
+    def _local_forward(self, plan: Any, xn: mx.nd.NDArray, n: int) -> Dict[str, Any]:
+        """Logits on this rank's used rows → softmax into the workspace; local log-normaliser and target logit."""
+        s = plan.num_rows
+        if plan.index is not None:
+            self.last_index = plan.index
+        elif self.last_index is None or len(self.last_index) != self.num_local:
+            self.last_index = np.arange(self.num_local, dtype=np.int64)
+        self.last_grad = None
+        out: Dict[str, Any] = {"s": s, "plan": plan, "target": mx.nd.zeros((n,), ctx=self.ctx)}
+        if s == 0:
+            out["lse"] = mx.nd.full((n,), LOWEST, ctx=self.ctx)
+            return out
+        gather = plan.index is not None or self.store_ctx != self.ctx
+        ws = self._workspace(n, s, gather)
+        wn, wnorm = fm.normalize_rows(self._used_rows(plan.index, ws), out=ws["wn"], norm=ws["wnorm"])
+        logits = mx.nd.dot(xn * self.scale, wn, transpose_b=True, out=ws["logits"])  # s·cos
+        rows = np.flatnonzero(plan.local_labels >= 0)
+        if len(rows):
+            out["rows"] = mx.nd.array(rows, ctx=self.ctx, dtype="int64")
+            out["tindex"] = mx.nd.array(np.stack([rows, plan.local_labels[rows]]), ctx=self.ctx, dtype="int64")
+            out["cos_t"] = mx.nd.gather_nd(logits, out["tindex"]) / self.scale
+            f, df = target_logit_and_derivative(out["cos_t"], self.margin)
+            out["logit_t"], out["dlogit_t"] = f * self.scale, df
+        if self.threshold > 0:
+            keep_mask(logits, self.threshold * self.scale, out=ws["keep"])
+            mx.nd.elemwise_mul(logits, ws["keep"], out=logits)
+        if len(rows):
+            fm.scatter(logits, out["tindex"], out["logit_t"])
+            out["target"] = mx.nd.scatter_nd(out["logit_t"], out["rows"].reshape((1, -1)), shape=(n,))
+        out["lse"] = fm.local_log_normalizer(logits, ws["probs"])
+        out["ws"] = ws
+        return out
+
+    def _local_backward(self, local: Dict[str, Any], lse: mx.nd.NDArray, xn: mx.nd.NDArray,
+                        n: int) -> mx.nd.NDArray:
+        """dL/d xn (N, D) of this rank's logits; the center gradient goes to last_grad and the pending update."""
+        plan, s = local["plan"], local["s"]
+        index = None if plan.index is None else mx.nd.array(plan.index, ctx=self.store_ctx, dtype="int64")
+        if s == 0:
+            self._pending = (index, None)
+            return mx.nd.zeros((n, self.embedding_size), ctx=self.ctx)
+        ws = local["ws"]
+        logits, probs, wn, wnorm = ws["logits"], ws["probs"], ws["wn"], ws["wnorm"]
+        # off the targets dL/dcos = g·P (P: local softmax, g: this rank's share of the row · s/N); the row
+        # factor g goes into xn, into the product for dxn and into the sum for r, never over the (N, S) matrix
+        g = mx.nd.exp(local["lse"] - lse) * (self.scale / n)
+        if self.threshold > 0:
+            mx.nd.elemwise_mul(probs, ws["keep"], out=probs)
+        if "rows" in local:  # target entries are added exactly below
+            fm.scatter(probs, local["tindex"], mx.nd.zeros_like(local["cos_t"]))
+        dxn = mx.nd.broadcast_mul(mx.nd.dot(probs, wn), g.reshape((n, 1)))
+        mx.nd.broadcast_div(probs, wnorm.reshape((1, s)), out=probs)  # P / ν
+        mx.nd.elemwise_mul(logits, probs, out=logits)                 # s·cos · P / ν (0 at targets)
+        r = mx.nd.dot((g / self.scale).reshape((1, n)), logits).reshape((s,))
+        targets = None
+        if "rows" in local:
+            p_t = mx.nd.exp(local["logit_t"] - mx.nd.take(lse, local["rows"]))
+            dcos_t = local["dlogit_t"] * (p_t - 1) * (self.scale / n)
+            cols = plan.local_labels[plan.local_labels >= 0]
+            dxn = dxn + fm.target_input_grad(dcos_t, wn, local["rows"], cols, n)
+            targets = fm.target_center_terms(dcos_t / mx.nd.take(wnorm, local["tindex"][1]), xn, local["rows"],
+                                             local["cos_t"], cols)
+        probs_t = mx.nd.transpose(probs, out=logits.reshape((s, n)))  # logits are spent: P'ᵀ (S, N) goes there
+        self.last_grad = fm.weight_grad_into(wn, probs_t, xn * g.reshape((n, 1)), r, targets)
+        self._pending = (index, self.last_grad)
+        return dxn

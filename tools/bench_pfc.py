@@ -1,0 +1,205 @@
+"""Partial FC head: step time against its bare matrix products, and peak memory growth.
+
+    python tools/bench_pfc.py [--classes 100000,1000000] [--rates 1.0,0.1] [--worlds 1,2] [--steps 3]
+
+For every (world size, C, sample rate) a fresh process (``horovodrun -np 2`` for
+world 2) builds a PartialFC (D = --dim, global batch N = --batch) and measures:
+
+- head: one training step of the head, ``forward_backward`` + ``step`` (mean of
+  --steps after one warm-up step);
+- matmul: the three plain products that step needs at the same shapes on this
+  rank, logits X·Wᵀ (N×D·D×S), dX = G·W and dW = Gᵀ·X (the faster of dot and
+  linalg.gemm2), run alternately with the head steps in the same process;
+- memory: peak resident memory growth of the process from just before the
+  PartialFC is built to the end of its warm-up step, against the budget
+  centers + momentum + 2 × (S·D + N·S) float32 of the rank.
+
+Prints one markdown table; ratios are measured side by side in the same run.
+Threads: the single process uses all cores, each of the two ranks gets half.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pfc_mx.errors import ConfigError  # noqa: E402
+from tools._cli import run_cli  # noqa: E402
+
+MIB = 1 << 20
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} missing in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Make VmHWM restart from the current RSS (Linux ≥ 4.0), so import-time peaks do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One configuration in this process (one rank); writes rank<r>.json into args.out."""
+    import mxnet as mx
+    import numpy as np
+
+    from pfc_mx import dist
+    from pfc_mx.partial_fc import PartialFC
+
+    dist.init()
+    world, rank = dist.size(), dist.rank()
+    c, d, n = args.classes[0], args.dim, args.batch
+    b = n // world
+    rng = np.random.default_rng([1, rank])
+    x = mx.nd.array(rng.standard_normal((b, d)).astype(np.float32))
+    labels = [mx.nd.array(np.random.default_rng([2, step]).integers(0, c, n)[rank * b:(rank + 1) * b])
+              for step in range(args.steps + 1)]
+    mx.nd.waitall()
+    dist.barrier()
+    _reset_peak_rss()
+    rss0 = _status_kib("VmRSS")
+    pfc = PartialFC(c, d, sample_rate=args.rates[0], seed=0)
+
+    def head(step: int) -> float:
+        t = time.perf_counter()
+        pfc.forward_backward(x, labels[step])
+        pfc.step(0.1, momentum=0.9, wd=5e-4)
+        mx.nd.waitall()
+        return time.perf_counter() - t
+
+    head(0)
+    growth = (_status_kib("VmHWM") - rss0) * 1024
+    s = len(pfc.last_index)
+    budget = (2 * pfc.num_local * d + 2 * (s * d + n * s)) * 4
+    # operands of the bare products: the shard's own rows as W, fresh G and outputs
+    xs = mx.nd.array(np.random.default_rng(3).standard_normal((n, d)).astype(np.float32))
+    w = pfc.weight[:s] if s else None
+    g = mx.nd.zeros((n, s)) if s else None
+    dw = mx.nd.zeros((s, d)) if s else None
+
+    def products() -> float:
+        if not s:
+            return 0.0
+        best = float("inf")
+        for variant in ("dot", "gemm2"):
+            mx.nd.waitall()
+            t = time.perf_counter()
+            mx.nd.dot(xs, w, transpose_b=True, out=g)
+            mx.nd.dot(g, w)
+            if variant == "dot":
+                mx.nd.dot(g, xs, transpose_a=True, out=dw)
+            else:
+                mx.nd.linalg.gemm2(g, xs, transpose_a=True, out=dw)
+            mx.nd.waitall()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    products()
+    heads, mats = [], []
+    for step in range(1, args.steps + 1):
+        dist.barrier()
+        heads.append(head(step))
+        dist.barrier()
+        mats.append(products())
+    result = {"world": world, "rank": rank, "classes": c, "rate": args.rates[0], "num_local": pfc.num_local,
+              "sampled": s, "head_s": float(np.mean(heads)), "matmul_s": float(np.mean(mats)),
+              "growth_bytes": growth, "budget_bytes": budget}
+    Path(args.out, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()
+
+
+def launch(world: int, classes: int, rate: float, args: argparse.Namespace, out: Path) -> List[Dict]:
+    """Run one configuration in a fresh process (or two ranks); return the per-rank results."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--classes", str(classes), "--rates", str(rate),
+           "--dim", str(args.dim), "--batch", str(args.batch), "--steps", str(args.steps), "--out", str(out)]
+    threads = max(1, (os.cpu_count() or 1) // world)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    if world > 1:
+        cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(world), "-H", f"localhost:{world}",
+               "--gloo", *cmd]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def table(rows: List[Dict]) -> str:
+    """Markdown table; one line per (world, C, rate) with the slowest rank's times and largest memory."""
+    head = ("| ranks | C | rate | S per rank | head ms | matmul ms | head / matmul | rate 1 / this | "
+            "memory growth MiB | budget MiB | growth / budget |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    full = {(r["world"], r["classes"]): r["head_s"] for r in rows if r["rate"] == 1.0}
+    for r in rows:
+        speedup = full.get((r["world"], r["classes"]))
+        lines.append(f"| {r['world']} | {r['classes']:,} | {r['rate']:g} | {r['sampled']:,} | {1e3 * r['head_s']:.0f} "
+                     f"| {1e3 * r['matmul_s']:.0f} | {r['head_s'] / r['matmul_s']:.2f} | "
+                     f"{(speedup / r['head_s']) if speedup else float('nan'):.1f} | {r['growth_bytes'] / MIB:.0f} | "
+                     f"{r['budget_bytes'] / MIB:.0f} | {r['growth_bytes'] / r['budget_bytes']:.2f} |")
+    return "\n".join(lines)
+
+
+def merge(ranks: List[Dict]) -> Dict:
+    """One row from the ranks of a run: slowest head and products, largest growth relative to budget."""
+    worst = max(ranks, key=lambda r: r["growth_bytes"] / r["budget_bytes"])
+    return {**ranks[0], "head_s": max(r["head_s"] for r in ranks), "matmul_s": max(r["matmul_s"] for r in ranks),
+            "sampled": max(r["sampled"] for r in ranks), "growth_bytes": worst["growth_bytes"],
+            "budget_bytes": worst["budget_bytes"]}
+
+
+def _ints(text: str) -> List[int]:
+    return [int(float(v)) for v in text.split(",") if v]
+
+
+def _floats(text: str) -> List[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--classes", type=_ints, default=[100_000, 1_000_000], help="comma-separated C values")
+    p.add_argument("--rates", type=_floats, default=[1.0, 0.1], help="comma-separated sample rates")
+    p.add_argument("--worlds", type=_ints, default=[1, 2], help="comma-separated world sizes (horovodrun -np)")
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--batch", type=int, default=256, help="global batch N")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    if any(args.batch % w for w in args.worlds):
+        raise ConfigError(f"--batch {args.batch} must be divisible by every world size {args.worlds}")
+    command = "python tools/bench_pfc.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = []
+    for world in args.worlds:
+        for classes in args.classes:
+            for rate in sorted(args.rates, reverse=True):
+                with tempfile.TemporaryDirectory() as tmp:
+                    rows.append(merge(launch(world, classes, rate, args, Path(tmp))))
+                print(f"done: ranks {world}, C {classes}, rate {rate:g}", file=sys.stderr, flush=True)
+    print(f"command: {command.strip()}\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
