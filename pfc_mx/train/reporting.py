@@ -1,0 +1,148 @@
+"""What a run reports: per-rank log files, rank 0's console lines, metrics.jsonl, TensorBoard, a PNG plot."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from pfc_mx import dist
+
+log = logging.getLogger("pfc_mx.train")
+
+
+def setup_logging(output: Path) -> Path:
+    """Log to <output>/logs/rank{r}.log on every rank and to the console on rank 0. Returns the log path."""
+    logs = output / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"rank{dist.rank()}.log"
+    fmt = logging.Formatter(f"%(asctime)s rank{dist.rank()} %(levelname)s %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):  # the run owns its logging: drop earlier console handlers
+        root.removeHandler(h)
+    handlers: List[logging.Handler] = [logging.FileHandler(path)]
+    if dist.rank() == 0:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    return path
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Reporter:
+    """Rank 0's metrics sink: metrics.jsonl (survives resume), TensorBoard scalars, console lines.
+
+    On other ranks every method is a no-op.
+    """
+
+    def __init__(self, output: Path, total_steps: int, global_batch: int, start_step: int,
+                 tensorboard: bool = True) -> None:
+        self.active = dist.rank() == 0
+        self.total_steps = total_steps
+        self.global_batch = global_batch
+        self.metrics_path = output / "metrics.jsonl"
+        self._t0, self._s0 = time.time(), start_step
+        self._last_t, self._last_step = self._t0, start_step
+        self._writer: Any = None
+        self._bar: Any = None
+        if not self.active:
+            return
+        self._truncate_after(start_step)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._writer = SummaryWriter(str(output / "tensorboard"))
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop records past `step` (a resumed run repeats them)."""
+        if not self.metrics_path.exists():
+            return
+        keep = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+
+    def _append(self, record: Dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
+        """Report the finished step `step` (1-based count of done steps)."""
+        if not self.active:
+            return
+        now = time.time()
+        ips = (step - self._last_step) * self.global_batch / max(now - self._last_t, 1e-9)
+        rate = (step - self._s0) / max(now - self._t0, 1e-9)
+        eta = (self.total_steps - step) / max(rate, 1e-9)
+        self._last_t, self._last_step = now, step
+        self._append({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips})
+        if self._writer is not None:
+            self._writer.add_scalar("train/loss", loss, step)
+            self._writer.add_scalar("train/lr", lr, step)
+            self._writer.add_scalar("train/images_per_s", ips, step)
+        line = (f"step {step}/{self.total_steps} epoch {epoch} loss {loss:.4f} lr {lr:.5f} "
+                f"{ips:.1f} img/s ETA {format_eta(eta)}")
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.5f}")
+        log.info(line)
+
+    def verification(self, step: int, name: str, accuracy: float, std: float, best: float) -> None:
+        if not self.active:
+            return
+        self._append({"step": step, "eval": name, "accuracy": accuracy, "std": std, "best": best})
+        if self._writer is not None:
+            self._writer.add_scalar(f"verification/{name}", accuracy, step)
+        log.info("step %d verification %s: accuracy %.4f ± %.4f (best %.4f)", step, name, accuracy, std, best)
+
+    def close(self, plot_path: Optional[Path] = None) -> None:
+        if not self.active:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+        if plot_path is not None:
+            plot_curves(self.metrics_path, plot_path)
+
+
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: Path, png: Path) -> None:
+    """Loss (left) and verification accuracy (right) against step, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [r for r in records if "loss" in r]
+    evals: Dict[str, List[Dict[str, Any]]] = {}
+    for r in records:
+        if "eval" in r:
+            evals.setdefault(r["eval"], []).append(r)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+    for name, rs in evals.items():
+        ax_acc.plot([r["step"] for r in rs], [r["accuracy"] for r in rs], marker="o", label=name)
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="verification accuracy (10-fold)")
+    if evals:
+        ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
