@@ -21,6 +21,7 @@ import os
 from typing import Any, Iterable, List, Optional, Sequence
 
 import mxnet as mx
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,23 @@ def allgather(x: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
 
 
 def broadcast(x: mx.nd.NDArray, root: int = 0, name: Optional[str] = None) -> mx.nd.NDArray:
-    """Return root's x on every rank (same shape and dtype on all ranks required)."""
+    """Return root's x on every rank, bit for bit (same shape and dtype on all ranks required).
+
+    Horovod's own MXNet broadcast is not used: in 0.28.1 its enqueue reads the op's name
+    after handing the op to the background thread, which may already have completed it and
+    freed the name (a use-after-free that now and then crashes a rank with a segmentation
+    fault, most often on one rank). Instead root's bytes are all-reduced (summed) with zeros
+    from the other ranks: the same bits arrive, -0.0 and NaN payloads included. Host round
+    trip; meant for start-up and checkpoint traffic, not for the training step.
+    """
     if _hvd is None:
         return x
-    return _hvd.broadcast(x, root_rank=root, name=_name("broadcast", name))
+    value = np.ascontiguousarray(x.asnumpy())
+    raw = value.reshape(-1).view(np.uint8) if rank() == root else np.zeros(value.nbytes, np.uint8)
+    if raw.size == 0:
+        return x.copy()
+    total = allreduce(mx.nd.array(raw, ctx=x.context, dtype="uint8"), op="sum", name=_name("broadcast", name))
+    return mx.nd.array(total.asnumpy().view(value.dtype).reshape(value.shape), ctx=x.context, dtype=x.dtype)
 
 
 def broadcast_parameters(params: Any, root: int = 0) -> None:
@@ -148,10 +162,10 @@ def broadcast_parameters(params: Any, root: int = 0) -> None:
 
 
 def broadcast_object(obj: Any, root: int = 0, name: Optional[str] = None) -> Any:
-    """Return root's picklable object on every rank."""
+    """Return root's picklable object on every rank (an object all-gather; see broadcast())."""
     if _hvd is None:
         return obj
-    return _hvd.broadcast_object(obj, root_rank=root, name=_name("broadcast_object", name))
+    return allgather_object(obj if rank() == root else None, name=_name("broadcast_object", name))[root]
 
 
 def allgather_object(obj: Any, name: Optional[str] = None) -> List[Any]:

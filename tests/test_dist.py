@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pfc_mx import dist
-from tests.dist_cases.collectives import rank_values
+from tests.dist_cases.collectives import rank_values, special_values
 from tests.ranks import RanksFailed, launch, run_ranks
 
 
@@ -42,7 +42,18 @@ def test_two_ranks_receive_exact_collective_values(tmp_path):
         np.testing.assert_array_equal(res["min"], np.minimum(a0, a1))
         np.testing.assert_array_equal(res["grouped_sum"], np.stack([a0 + a1, 2 * (a0 + a1)]))
         np.testing.assert_array_equal(res["broadcast"], a1)
+        np.testing.assert_array_equal(res["broadcast_bits"], special_values().view(np.uint32))  # bit for bit
+        np.testing.assert_array_equal(res["broadcast_f16"], a1.astype(np.float16))
+        assert res["broadcast_f16"].dtype == np.float16
+        np.testing.assert_array_equal(res["broadcast_int64"], [1, -1, 2**40 + 1])
         assert int(res["broadcast_object_from"]) == 1
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("world", [1, 2])
+def test_broadcast_survives_thousands_of_calls(tmp_path, world):
+    ranks = run_ranks("broadcast_storm", tmp_path, np_=world, calls=2000)
+    assert all(float(r["total"]) == 8 * sum(range(2000)) for r in ranks)
 
 
 @pytest.mark.dist
