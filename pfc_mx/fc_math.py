@@ -3,7 +3,7 @@
 Usage::
 
     xn, xnorm = normalize_rows(x)                       # (N, D), (N,)
-    wn, wnorm = normalize_rows(w_sampled, out=buf)      # (S, D), (S,)
+    wnorm = row_norms(w_sampled)                        # (S,): centers stay unnormalised
     lse = local_log_normalizer(logits, probs)           # softmax into probs, (N,) log Σ exp
     lse_all = combine_log_normalizers(lse_max, sum_exp) # after allreduce(max) / allreduce(sum)
     dx = normalize_backward(dxn, xn, xnorm)             # gradient through x / ‖x‖
@@ -36,6 +36,19 @@ def normalize_rows(x: mx.nd.NDArray, out: Optional[mx.nd.NDArray] = None,
     norm = norm if norm is not None else mx.nd.empty((n,), ctx=x.context, dtype=x.dtype)
     mx.nd.L2Normalization(x, mode="instance", eps=L2_EPS, out=[out, norm])
     return out, norm
+
+
+def row_norms(w: mx.nd.NDArray, out: Optional[mx.nd.NDArray] = None) -> mx.nd.NDArray:
+    """ν = sqrt(Σ_d w² + 1e-10) per row of w (S, D) → (S,), the norm normalize_rows uses.
+
+    An L2 global pooling reads w once and writes S values; normalising the
+    centers themselves would write a second (S, D) array (several times slower
+    here). Callers fold 1/ν into their (N, S) matrices instead.
+    """
+    s, d = w.shape
+    pooled = mx.nd.Pooling(w.reshape((1, s, 1, d)), kernel=(1, d), pool_type="lp", p_value=2, global_pool=True)
+    out = out if out is not None else mx.nd.empty((s,), ctx=w.context, dtype=w.dtype)
+    return mx.nd.sqrt(mx.nd.square(pooled.reshape((s,))) + L2_EPS, out=out)
 
 
 def row_max(a: mx.nd.NDArray) -> mx.nd.NDArray:
@@ -75,12 +88,15 @@ def normalize_backward(dy: mx.nd.NDArray, y: mx.nd.NDArray, norm: mx.nd.NDArray)
     return mx.nd.broadcast_div(dy - mx.nd.broadcast_mul(y, dot), norm.reshape((-1, 1)))
 
 
-def target_input_grad(dcos_t: mx.nd.NDArray, wn: mx.nd.NDArray, rows: mx.nd.NDArray, cols: np.ndarray,
+def target_input_grad(dcos_over_norm_t: mx.nd.NDArray, w: mx.nd.NDArray, rows: mx.nd.NDArray, cols: np.ndarray,
                       n: int) -> mx.nd.NDArray:
-    """(N, D) gradient w.r.t. xn of K target entries: row rows[k] gets dcos_t[k] · wn[cols[k]] (rows unique)."""
-    picked = mx.nd.take(wn, mx.nd.array(cols, ctx=wn.context, dtype="int64"))
-    return mx.nd.scatter_nd(mx.nd.broadcast_mul(picked, dcos_t.reshape((-1, 1))), rows.reshape((1, -1)),
-                            shape=(n, wn.shape[1]))
+    """(N, D) gradient w.r.t. xn of K target entries: row rows[k] gets dcos_t[k] · w[cols[k]] / ν (rows unique).
+
+    dcos_over_norm_t: (K,) dL/dcos of each target divided by its center's norm ν.
+    """
+    picked = mx.nd.take(w, mx.nd.array(cols, ctx=w.context, dtype="int64"))
+    return mx.nd.scatter_nd(mx.nd.broadcast_mul(picked, dcos_over_norm_t.reshape((-1, 1))), rows.reshape((1, -1)),
+                            shape=(n, w.shape[1]))
 
 
 def target_center_terms(dcos_over_norm_t: mx.nd.NDArray, xn: mx.nd.NDArray, rows: mx.nd.NDArray,
@@ -98,22 +114,24 @@ def target_center_terms(dcos_over_norm_t: mx.nd.NDArray, xn: mx.nd.NDArray, rows
             mx.nd.dot(onehot, dcos_over_norm_t * cos_t))
 
 
-def weight_grad_into(wn: mx.nd.NDArray, p_over_norm_t: mx.nd.NDArray, xg: mx.nd.NDArray, r: mx.nd.NDArray,
+def weight_grad_into(grad: mx.nd.NDArray, w: mx.nd.NDArray, wnorm: mx.nd.NDArray, p_over_norm_t: mx.nd.NDArray,
+                     xg: mx.nd.NDArray, r: mx.nd.NDArray,
                      targets: Optional[Tuple[mx.nd.NDArray, mx.nd.NDArray, mx.nd.NDArray]] = None) -> mx.nd.NDArray:
-    """Overwrite wn (S, D) with dL/dw = D'ᵀ·xn − wn·r; D' = dL/dcos / ν, r = Σ_i D'·cos.
+    """Write dL/dw = D'ᵀ·xn − w·r/ν into grad (S, D), which may be w itself; D' = dL/dcos / ν, r = Σ_i D'·cos.
 
-    Off the targets D' = P'·g (rows): p_over_norm_t = P'ᵀ (S, N) (transposed by the
-    caller: MXNet's transposed products copy their operand), xg = g·xn (N, D) and r
-    the (S,) sum of those entries. targets = target_center_terms(...) adds the
+    w: the raw centers (S, D), wnorm: their norms ν (S,). Off the targets
+    D' = P'·g (rows): p_over_norm_t = P'ᵀ (S, N) (transposed by the caller:
+    MXNet's transposed products copy their operand), xg = g·xn (N, D) and r the
+    (S,) sum of those entries. targets = target_center_terms(...) adds the
     target entries. From cos = xn·w / ν: dL/dw = (Σ_i dcos_i xn_i) / ν −
-    w (Σ_i dcos_i cos_i) / ν², and w / ν² = wn / ν. One product accumulated into
-    wn, no (S, D) temporary.
+    w (Σ_i dcos_i cos_i) / ν². One scaling pass and one product accumulated
+    into grad, no other (S, D) temporary.
     """
     if targets is not None:
         cols, x_sum, r_sum = targets
         scatter(r, cols, mx.nd.gather_nd(r, cols) + r_sum)
-    mx.nd.broadcast_mul(wn, -r.reshape((-1, 1)), out=wn)
+    mx.nd.broadcast_mul(w, (-r / wnorm).reshape((-1, 1)), out=grad)
     if targets is not None:
-        scatter(wn, cols, mx.nd.gather_nd(wn, cols) + x_sum)
-    mx.nd.linalg.gemm(p_over_norm_t, xg, wn, alpha=1.0, beta=1.0, out=wn)
-    return wn
+        scatter(grad, cols, mx.nd.gather_nd(grad, cols) + x_sum)
+    mx.nd.linalg.gemm(p_over_norm_t, xg, grad, alpha=1.0, beta=1.0, out=grad)
+    return grad

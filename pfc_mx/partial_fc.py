@@ -30,11 +30,14 @@ restores the sampling stream. Initial centers are N(0, 0.01) per global class
 
 Memory per rank: weight + momentum (num_local × D float32 each; ``centers_on=
 "host"`` keeps them in host memory and moves only the used rows), plus a
-workspace reused across steps: S × D normalised centers (which become the
-center gradient), N × S logits, and one buffer of max(N, D) × S holding first
-the gathered rows (sampling or host centers) and then the probabilities (which
-become the logit gradient); a further N × S with inter-class filtering.
-Embeddings may be float16; all softmax math is float32.
+workspace reused across steps: one S × D buffer (the gathered rows when
+sampling or on the host, overwritten in place by the center gradient; with
+every row used on-device the centers are read where they are and the buffer
+only takes the gradient), N × S logits and N × S probabilities (which become
+the logit gradient); a further N × S with inter-class filtering. Centers are
+never normalised into a copy: their norms ν come from one reading pass and
+1/ν is folded into the (N, S) matrices. Embeddings may be float16; all
+softmax math is float32.
 """
 from __future__ import annotations
 
@@ -217,30 +220,25 @@ class PartialFC:
             raise ValueError(f"label {labels[bad][0]} is outside [0, {self.num_classes})")
         return labels
 
-    def _workspace(self, n: int, s: int, gather: bool) -> Dict[str, mx.nd.NDArray]:
-        """Buffers of one step, reused while (N, S) stay the same.
-
-        The gathered rows (S, D) are dead once normalised, before the probabilities
-        (N, S) are born: both are views of one buffer.
-        """
-        key = (n, s, gather)
+    def _workspace(self, n: int, s: int) -> Dict[str, mx.nd.NDArray]:
+        """Buffers of one step, reused while (N, S) stay the same (see the module docstring)."""
+        key = (n, s)
         if self._ws.get("key") != key:
             self._ws = {}  # free the old buffers before allocating new ones
-            dim, ctx = self.embedding_size, self.ctx
-            shared = mx.nd.empty((max(n, dim if gather else 0) * s,), ctx=ctx)
-            ws = {"key": key, "wn": mx.nd.empty((s, dim), ctx=ctx), "wnorm": mx.nd.empty((s,), ctx=ctx),
-                  "logits": mx.nd.empty((n, s), ctx=ctx), "probs": shared[:n * s].reshape((n, s))}
-            if gather:
-                ws["rows"] = shared[:s * dim].reshape((s, dim))
+            ctx = self.ctx
+            ws = {"key": key, "rows": mx.nd.empty((s, self.embedding_size), ctx=ctx),
+                  "wnorm": mx.nd.empty((s,), ctx=ctx), "logits": mx.nd.empty((n, s), ctx=ctx),
+                  "probs": mx.nd.empty((n, s), ctx=ctx)}
             if self.threshold > 0:
                 ws["keep"] = mx.nd.empty((n, s), ctx=ctx)
             self._ws = ws
         return self._ws
 
     def _used_rows(self, index: Optional[np.ndarray], ws: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
-        """weight[index] on the training context (the weight itself when every row is used on-device)."""
+        """weight[index] on the training context: the weight itself when every row is used on-device,
+        else a copy in ws["rows"]."""
         if index is None:
-            return self.weight if "rows" not in ws else self.weight.copyto(ws["rows"])
+            return self.weight if self.store_ctx == self.ctx else self.weight.copyto(ws["rows"])
         idx = mx.nd.array(index, ctx=self.store_ctx, dtype="int64")
         if self.store_ctx == self.ctx:
             return mx.nd.take(self.weight, idx, out=ws["rows"])
@@ -258,10 +256,11 @@ class PartialFC:
         if s == 0:
             out["lse"] = mx.nd.full((n,), LOWEST, ctx=self.ctx)
             return out
-        gather = plan.index is not None or self.store_ctx != self.ctx
-        ws = self._workspace(n, s, gather)
-        wn, wnorm = fm.normalize_rows(self._used_rows(plan.index, ws), out=ws["wn"], norm=ws["wnorm"])
-        logits = mx.nd.dot(xn * self.scale, wn, transpose_b=True, out=ws["logits"])  # s·cos
+        ws = self._workspace(n, s)
+        out["w"] = w = self._used_rows(plan.index, ws)
+        wnorm = fm.row_norms(w, out=ws["wnorm"])
+        logits = mx.nd.dot(xn * self.scale, w, transpose_b=True, out=ws["logits"])
+        mx.nd.broadcast_div(logits, wnorm.reshape((1, s)), out=logits)  # s·cos
         rows = np.flatnonzero(plan.local_labels >= 0)
         if len(rows):
             out["rows"] = mx.nd.array(rows, ctx=self.ctx, dtype="int64")
@@ -287,8 +286,8 @@ class PartialFC:
         if s == 0:
             self._pending = (index, None)
             return mx.nd.zeros((n, self.embedding_size), ctx=self.ctx)
-        ws = local["ws"]
-        logits, probs, wn, wnorm = ws["logits"], ws["probs"], ws["wn"], ws["wnorm"]
+        ws, w = local["ws"], local["w"]
+        logits, probs, wnorm = ws["logits"], ws["probs"], ws["wnorm"]
         # off the targets dL/dcos = g·P (P: local softmax, g: this rank's share of the row · s/N); the row
         # factor g goes into xn, into the product for dxn and into the sum for r, never over the (N, S) matrix
         g = mx.nd.exp(local["lse"] - lse) * (self.scale / n)
@@ -296,8 +295,8 @@ class PartialFC:
             mx.nd.elemwise_mul(probs, ws["keep"], out=probs)
         if "rows" in local:  # target entries are added exactly below
             fm.scatter(probs, local["tindex"], mx.nd.zeros_like(local["cos_t"]))
-        dxn = mx.nd.broadcast_mul(mx.nd.dot(probs, wn), g.reshape((n, 1)))
         mx.nd.broadcast_div(probs, wnorm.reshape((1, s)), out=probs)  # P / ν
+        dxn = mx.nd.broadcast_mul(mx.nd.dot(probs, w), g.reshape((n, 1)))  # P·wn = (P / ν)·w
         mx.nd.elemwise_mul(logits, probs, out=logits)                 # s·cos · P / ν (0 at targets)
         r = mx.nd.dot((g / self.scale).reshape((1, n)), logits).reshape((s,))
         targets = None
@@ -305,10 +304,11 @@ class PartialFC:
             p_t = mx.nd.exp(local["logit_t"] - mx.nd.take(lse, local["rows"]))
             dcos_t = local["dlogit_t"] * (p_t - 1) * (self.scale / n)
             cols = plan.local_labels[plan.local_labels >= 0]
-            dxn = dxn + fm.target_input_grad(dcos_t, wn, local["rows"], cols, n)
-            targets = fm.target_center_terms(dcos_t / mx.nd.take(wnorm, local["tindex"][1]), xn, local["rows"],
-                                             local["cos_t"], cols)
+            dcos_t = dcos_t / mx.nd.take(wnorm, local["tindex"][1])
+            dxn = dxn + fm.target_input_grad(dcos_t, w, local["rows"], cols, n)
+            targets = fm.target_center_terms(dcos_t, xn, local["rows"], local["cos_t"], cols)
         probs_t = mx.nd.transpose(probs, out=logits.reshape((s, n)))  # logits are spent: P'ᵀ (S, N) goes there
-        self.last_grad = fm.weight_grad_into(wn, probs_t, xn * g.reshape((n, 1)), r, targets)
+        # the gradient overwrites the gathered rows (dead after this) or fills the buffer when w is the weight
+        self.last_grad = fm.weight_grad_into(ws["rows"], w, wnorm, probs_t, xn * g.reshape((n, 1)), r, targets)
         self._pending = (index, self.last_grad)
         return dxn

@@ -1,0 +1,18 @@
+"""tools/bench_pfc.py at a tiny size: one fresh process per configuration, one table row each."""
+from __future__ import annotations
+
+import re
+
+from tools import bench_pfc
+
+
+def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
+    assert bench_pfc.main(["--classes", "3000", "--rates", "1.0,0.1", "--worlds", "1", "--dim", "16",
+                           "--batch", "8", "--steps", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\| 1 \| 3,000 \|", line)]
+    assert len(rows) == 2
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[2] for c in cells] == ["1", "0.1"]
+    assert [c[3] for c in cells] == ["3,000", "300"]  # S: every row, then max(0.1 · C, positives)
+    for c in cells:
+        assert float(c[4]) > 0 and float(c[5]) > 0 and float(c[6]) > 0  # head ms, matmul ms, ratio
