@@ -4,6 +4,8 @@
     python train_horovod.py configs/demo.yaml --set optim.lr=0.05 data.rec=/data/ms1m
 
 Reads the config, validates it, and hands over to pfc_mx.train.
+Exit codes: 0 finished; 2 a user error (one line); 75 stopped by SIGTERM/SIGINT after
+saving a checkpoint (rerun to resume); 69 another rank died or froze (docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pfc_mx import dist
     from pfc_mx.config import load_config
     from pfc_mx.train import train
+    from pfc_mx.train.faults import EXIT_PREEMPTED
 
     cfg = load_config(args.config, args.set)
     summary = train(cfg)
     if dist.rank() == 0:
         print("summary: " + json.dumps(summary, sort_keys=True))
-    return 0
+    return EXIT_PREEMPTED if summary["preempted"] else 0
 
 
 if __name__ == "__main__":

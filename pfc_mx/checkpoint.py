@@ -15,6 +15,10 @@ Every rank writes its own center range into `.step-XXXXXXXX.tmp/`; rank 0 then
 writes state.json with the checksums of all files and renames the folder. A
 folder without state.json, or whose checksums do not match, is never used:
 `find_resumable` falls back to the previous complete checkpoint and says so.
+A save that fails on any rank (disk full, unwritable folder) raises
+CheckpointError on every rank and leaves the previous checkpoint and `latest`
+as they were; the folder of a save that was killed keeps its temporary name
+and is removed by `remove_incomplete` on the next resume.
 Centers are stored by global class range, so a run saved on W ranks resumes on
 any other number of ranks. The output folder must be visible to every rank
 (one host, or a shared file system).
@@ -27,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -34,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from pfc_mx import dist
-from pfc_mx.errors import CheckpointError
+from pfc_mx.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +48,17 @@ BACKBONE_PREFIX = "backbone"
 TRAINER_STATES = "backbone-trainer.states"
 
 
+INJECT_SAVE_STALL = "PFC_MX_INJECT_SAVE_STALL"
+TMP_DIR = re.compile(r"^\.step-(\d{8})\.tmp$")
+
+
 @dataclass(frozen=True)
 class Resumable:
-    """A verified checkpoint folder and its state.json."""
+    """A verified checkpoint folder, its state.json, and the newer folders skipped as damaged."""
 
     path: Path
     state: Dict[str, Any]
+    skipped: Tuple[Tuple[Path, str], ...] = ()
 
 
 def _sha256(path: Path) -> str:
@@ -60,12 +70,37 @@ def _sha256(path: Path) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path through a temporary file; on failure path is untouched and no temporary is left."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def _reason(error: BaseException, root: Path) -> str:
+    """One line for a failed write, with the free space left under root (a full disk shows as ~0 MiB)."""
+    try:
+        free = f"; {shutil.disk_usage(root).free / 2**20:.1f} MiB free in {root}"
+    except OSError:
+        free = ""
+    return first_line(error) + free
+
+
+def _injected_stall(step: int) -> None:
+    """Test hook: PFC_MX_INJECT_SAVE_STALL=<step> parks this rank inside the save of that step, after
+    its files are written and before state.json, so a test can kill the job in the middle of a save."""
+    if os.environ.get(INJECT_SAVE_STALL) == str(step):
+        log.warning("%s=%d: stalling inside the save (test hook)", INJECT_SAVE_STALL, step)
+        time.sleep(3600)
 
 
 def center_file_stem(start: int, end: int) -> str:
@@ -115,8 +150,9 @@ def save(root: Path, step: int, state: Dict[str, Any], net: Any, trainer: Any,
     if not error:
         try:
             sums = _save_rank_files(tmp, net, trainer, save_backbone, centers)
-        except OSError as e:
-            error = f"rank {dist.rank()} could not write checkpoint {final.name}: {e}"
+        except Exception as e:  # OSError, or MXNetError from MXNet's own writer: every rank must hear of it
+            error = f"rank {dist.rank()} could not write checkpoint {final.name}: {_reason(e, root)}"
+        _injected_stall(step)
     results = dist.allgather_object((error, sums))
     errors = [e for e, _ in results if e]
     if not errors and dist.rank() == 0:
@@ -130,8 +166,8 @@ def save(root: Path, step: int, state: Dict[str, Any], net: Any, trainer: Any,
             os.replace(tmp, final)
             _write_atomic(root / "latest", final.name + "\n")
             _prune(root, keep)
-        except OSError as e:
-            errors.append(f"could not complete checkpoint {final.name}: {e}")
+        except Exception as e:
+            errors.append(f"could not complete checkpoint {final.name}: {_reason(e, root)}")
     errors = dist.broadcast_object(errors, root=0)
     if errors:
         if dist.rank() == 0:
@@ -173,12 +209,44 @@ def find_resumable(root: Path) -> Optional[Resumable]:
     if not root.is_dir():
         return None
     candidates = sorted((p for p in root.iterdir() if STEP_DIR.match(p.name)), reverse=True)
+    skipped: List[Tuple[Path, str]] = []
     for folder in candidates:
         try:
-            return Resumable(folder, verify(folder))
+            return Resumable(folder, verify(folder), tuple(skipped))
         except CheckpointError as e:
             log.warning("skipping checkpoint: %s; falling back to an older one", e)
+            skipped.append((folder, str(e)))
     return None
+
+
+def remove_incomplete(root: Path) -> List[str]:
+    """Remove the temporary folders of saves that were interrupted (and a stray `latest.tmp`).
+
+    Call it only when no save is running (at resume). Best effort: a folder that cannot be
+    removed is reported and left; it is never used. Returns the names removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in sorted(root.iterdir()):
+        if not (TMP_DIR.match(p.name) or p.name == "latest.tmp"):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p.name)
+            log.warning("removed %s: a checkpoint interrupted while being written", p)
+        except OSError as e:
+            log.warning("could not remove the interrupted checkpoint %s: %s", p, e)
+    return removed
+
+
+def point_latest(root: Path, folder: Path) -> None:
+    """Name `folder` in `latest` (after a fallback past damaged checkpoints); best effort."""
+    try:
+        _write_atomic(Path(root) / "latest", Path(folder).name + "\n")
+    except OSError as e:
+        log.warning("could not update %s: %s", Path(root) / "latest", e)
 
 
 def load_centers(folder: Path, class_start: int, num_local: int, dim: int) -> Tuple[np.ndarray, np.ndarray]:

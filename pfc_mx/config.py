@@ -74,7 +74,7 @@ class DataConfig:
     num_workers: int = 2
     mirror: bool = True
     color_jitter: float = 0.0
-    max_corrupt_fraction: float = 0.01
+    max_corrupt_fraction: float = 0.02  # of the images a rank reads in one epoch; more stops the run
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class OptimConfig:
     milestones: List[float] = field(default_factory=list)  # epochs, for multistep
     gamma: float = 0.1  # multistep factor
     grad_clip: float = 0.0  # global L2 norm clip of backbone gradients; 0 disables
+    skip_nonfinite: int = 0  # steps with a non-finite loss or gradient skipped (on every rank) before stopping
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ _CHECKS: Dict[Tuple[str, str], Tuple[Any, str]] = {
     ("optim", "warmup_epochs"): (_non_negative, ">= 0"),
     ("optim", "gamma"): (lambda v: 0 < v <= 1, "in (0, 1]"),
     ("optim", "grad_clip"): (_non_negative, ">= 0 (0 disables)"),
+    ("optim", "skip_nonfinite"): (_non_negative, ">= 0 (0: stop at the first non-finite step)"),
     ("eval", "every"): (_non_negative, ">= 0"),
     ("eval", "batch_size"): (_positive, "> 0"),
     ("output", "checkpoint_every"): (_positive, "> 0"),

@@ -31,3 +31,16 @@ class ExportError(PfcError):
 
 class TrainingError(PfcError):
     """Training cannot go on (non-finite loss, lost rank, ...)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The line of an error's message that says what happened.
+
+    MXNet errors carry a stack trace: after the message, or before it ('Traceback ...', message
+    last, as 'MXNetError: Check failed: ...'); the 'MXNetError: ' prefix is dropped.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line[len("MXNetError: "):] if line.startswith("MXNetError: ") else line

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -27,17 +28,24 @@ class RanksFailed(AssertionError):
     """The launched ranks exited non-zero or ran past their timeout."""
 
 
+def horovodrun_command(args: List[str], np_: int = 2) -> List[str]:
+    return [str(HOROVODRUN), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", *args]
+
+
+def rank_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of launched ranks: unbuffered, one OpenMP thread, the repository importable."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+
+
 def launch(args: List[str], np_: int = 2, timeout: float = 300, cwd: Path = ROOT,
            env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """Run `horovodrun -np np_ ... <args>` and return the finished process (output captured).
 
     Raises RanksFailed with the tail of the ranks' output on a non-zero exit or a timeout.
     """
-    cmd = [str(HOROVODRUN), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", *args]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    cmd = horovodrun_command(args, np_)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=rank_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -71,3 +79,83 @@ def run_ranks(case: str, outdir: Path, np_: int = 2, timeout: float = 300,
         with np.load(path) as z:
             results.append({k: z[k] for k in z.files})
     return results
+
+
+def spawn(args: List[str], output: Path, np_: int = 2, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+    """Start `horovodrun -np np_ ... <args>` in the background (own session), its output going to `output`.
+
+    For tests that signal or kill ranks while they run; end it with `finish`.
+    """
+    with open(output, "w") as out:
+        return subprocess.Popen(horovodrun_command(args, np_), cwd=ROOT, env=rank_env(env), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def rank_pids(proc: subprocess.Popen, np_: int = 2, timeout: float = 120) -> Dict[int, int]:
+    """{rank: pid} of the Python rank processes under a horovodrun started by `spawn` (waits for all)."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        found = {}
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                rank = child.environ().get("HOROVOD_RANK")
+                if rank is not None and child.name().startswith("python"):
+                    found[int(rank)] = child.pid
+            except psutil.Error:
+                continue
+        if len(found) == np_:
+            return found
+        time.sleep(0.1)
+    raise RanksFailed(f"the {np_} rank processes did not all appear within {timeout:.0f} s")
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> int:
+    """Wait for a spawned horovodrun to end and return its exit code; past `timeout` kill it and fail.
+
+    Whatever it started is killed too (the ranks run in sessions of their own).
+    """
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RanksFailed(f"horovodrun still running after {timeout:.0f} s (hung ranks?)") from None
+    finally:
+        kill_tree(proc)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a spawned horovodrun and every process below it, by pid (idempotent)."""
+    import psutil
+
+    try:
+        below = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    for p in below:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+_RECORD_EXIT = 'trap : TERM INT; "$@"; code=$?; echo $code > "$0/exit-$HOROVOD_RANK"; exit $code'
+
+
+def recording_exit_codes(args: List[str], folder: Path) -> List[str]:
+    """`args` wrapped so that each rank writes its exit code into `folder`/exit-<rank> (read by exit_codes).
+
+    The wrapping shell defers the launcher's SIGTERM until its rank has ended, so a rank that does
+    not end by itself is SIGKILLed by horovodrun 5 s later and writes nothing.
+    """
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return ["sh", "-c", _RECORD_EXIT, str(folder), *args]
+
+
+def exit_codes(folder: Path) -> Dict[int, int]:
+    """{rank: exit code} written by ranks started through recording_exit_codes (128 + n: killed by signal n)."""
+    return {int(p.name.split("-")[1]): int(p.read_text()) for p in Path(folder).glob("exit-*")
+            if p.read_text().strip()}

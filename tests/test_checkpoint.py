@@ -96,3 +96,34 @@ def test_unwritable_root_raises_and_leaves_previous_intact(tmp_path):
         save(blocker, 4, centers())
     assert (tmp_path / "latest").read_text().strip() == "step-00000002"
     assert json.loads((tmp_path / "step-00000002" / "state.json").read_text())["step"] == 2
+
+
+def test_bit_flip_of_same_size_is_skipped_and_named_in_the_fallback(tmp_path):
+    save(tmp_path, 2, centers(seed=1), keep=3)
+    save(tmp_path, 4, centers(seed=2), keep=3)
+    newest = save(tmp_path, 6, centers(seed=3), keep=3)
+    weight = newest / "centers-000000000-000000010.weight.npy"
+    data = bytearray(weight.read_bytes())
+    data[-5] ^= 0x01  # one bit of one float: same size, same shape
+    weight.write_bytes(bytes(data))
+    (tmp_path / "step-00000004" / "state.json").write_text("{not json")
+    found = checkpoint.find_resumable(tmp_path)
+    assert found.path.name == "step-00000002" and found.state["step"] == 2
+    assert [(p.name, why.split(": ", 1)[1]) for p, why in found.skipped] == [
+        ("step-00000006", "checksum mismatch in centers-000000000-000000010.weight.npy (file damaged)"),
+        ("step-00000004", found.skipped[1][1].split(": ", 1)[1])]
+    assert "unreadable" in found.skipped[1][1]
+    checkpoint.point_latest(tmp_path, found.path)
+    assert (tmp_path / "latest").read_text().strip() == "step-00000002"
+
+
+def test_interrupted_save_folders_are_removed_and_never_resumed(tmp_path):
+    save(tmp_path, 2, centers())
+    tmp = tmp_path / ".step-00000004.tmp"
+    tmp.mkdir()
+    (tmp / "backbone-0000.params").write_bytes(b"half of a file")
+    (tmp_path / "latest.tmp").write_text("step-000")
+    assert checkpoint.find_resumable(tmp_path).path.name == "step-00000002"
+    assert checkpoint.remove_incomplete(tmp_path) == [".step-00000004.tmp", "latest.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000002"]
+    assert checkpoint.remove_incomplete(tmp_path / "nothing-here") == []

@@ -53,6 +53,9 @@ def test_overrides_are_typed_and_applied_last(tmp_path):
     ("loss.margin=[1.0, 4.0, 0.0]", "need m1 > 0, 0 <= m2 < pi"),
     ("optim.schedule=multistep", "needs optim.milestones"),
     ("partial_fc.centers_on=disk", "'device' or 'host'"),
+    ("optim.skip_nonfinite=-1", "optim.skip_nonfinite = -1 must be >= 0"),
+    ("optim.skip_nonfinite=1.5", "optim.skip_nonfinite: expected an integer"),
+    ("data.max_corrupt_fraction=1.5", "data.max_corrupt_fraction = 1.5 must be in [0, 1]"),
     ("no_equals_sign", "expected section.key=value"),
 ])
 def test_bad_values_give_one_line_naming_the_key(override, message):
@@ -98,3 +101,10 @@ def test_saved_config_loads_back_identical(tmp_path):
     save_config(cfg, tmp_path / "resolved.yaml")
     again = load_config(tmp_path / "resolved.yaml")
     assert again == cfg and again.digest() == cfg.digest()
+
+
+def test_fault_tolerance_keys_default_and_override():
+    cfg = load_config(CONFIGS / "ms1mv3_r50.yaml")
+    assert cfg.optim.skip_nonfinite == 0 and cfg.data.max_corrupt_fraction == 0.02
+    cfg = load_config(CONFIGS / "ms1mv3_r50.yaml", ["optim.skip_nonfinite=3", "data.max_corrupt_fraction=0.2"])
+    assert cfg.optim.skip_nonfinite == 3 and cfg.data.max_corrupt_fraction == 0.2

@@ -161,6 +161,22 @@ def test_idx_not_matching_rec_is_reported(tmp_path):
     assert "record 2" in msg and "bad magic" in msg
 
 
+@pytest.mark.parametrize("layout", ["insightface", "flat"])
+def test_truncated_idx_is_detected(tmp_path, layout):
+    if layout == "flat":
+        with FlatWriter(tmp_path / "train.rec") as w:
+            for i in range(4):
+                w.add(png(i, 8), i)
+    else:
+        write_insightface(tmp_path, [0, 1, 1, 2])
+    idx = tmp_path / "train.idx"
+    lines = idx.read_text().splitlines()
+    RecordDataset(tmp_path)  # whole: fine
+    idx.write_text("\n".join(lines[:-1]) + "\n")  # the last record is no longer listed
+    msg = error_of(tmp_path)
+    assert str(idx) in msg and "truncated .idx" in msg and f"has {(tmp_path / 'train.rec').stat().st_size} bytes" in msg
+
+
 def test_missing_idx(tmp_path):
     write_insightface(tmp_path, [0, 1])
     (tmp_path / "train.idx").unlink()

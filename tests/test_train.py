@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from pfc_mx import checkpoint
 from pfc_mx.train.reporting import read_metrics
-from tests.ranks import ROOT, launch
+from tests.ranks import ROOT, launch, rank_pids
 
 pytestmark = pytest.mark.dist
 
@@ -83,6 +84,14 @@ def test_run_saved_on_two_ranks_resumes_on_other_world_sizes(data, tmp_path, wor
     assert checkpoint.verify(out / "checkpoints" / "step-00000006")["world_size"] == world
 
 
+def running(pid: int) -> bool:
+    """Whether process pid runs (a zombie has ended)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_sigkill_mid_training_resumes_with_identical_losses(data, tmp_path):
     ref = tmp_path / "ref"
     launch(TRAIN + overrides(data, ref, "optim.max_steps=8", "partial_fc.sample_rate=0.5"), timeout=300)
@@ -91,11 +100,18 @@ def test_sigkill_mid_training_resumes_with_identical_losses(data, tmp_path):
            *TRAIN, *overrides(data, crashed, "optim.max_steps=8", "partial_fc.sample_rate=0.5")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ranks = rank_pids(proc)
     deadline = time.time() + 240
     while time.time() < deadline and max(losses(crashed) or [0]) < 5:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # horovodrun only: its helpers then stop the ranks (no checkpoint)
     proc.wait()
+    deadline = time.time() + 60
+    while any(running(p) for p in ranks.values()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(running(p) for p in ranks.values()), "the ranks outlived horovodrun"
+    for r in (0, 1):  # a SIGTERM after the launcher died is a hard stop, not a preemption
+        assert "preempted" not in (crashed / "logs" / f"rank{r}.log").read_text()
     done = max(losses(crashed) or [0])
     assert 5 <= done < 8, f"the kill came at step {done}"
     saved = int((crashed / "checkpoints" / "latest").read_text().strip().split("-")[1])

@@ -14,8 +14,10 @@ does the same work in the calling process. Batch k of an epoch depends only on
 
 A record that does not decode is skipped with a warning, counted and replaced by a
 spare record of the same rank's epoch shard (drawn from the same seed), so batch shapes
-stay fixed. More distinct corrupt records than max_corrupt_fraction of the rank's epoch
-stops the run with DatasetError.
+stay fixed. More distinct corrupt records in one epoch than max_corrupt_fraction of the
+images the rank reads per epoch stops the run with DatasetError; `corrupt` keeps every
+corrupt record met. Workers ignore SIGINT and SIGTERM: the trainer decides when to stop
+(a preemption signal sent to the whole process group must not kill them under it).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import mmap
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
@@ -98,6 +101,8 @@ def _worker(dataset: RecordDataset, slots: np.ndarray, tasks, results, parent: i
             jitter: float) -> None:
     """Worker process loop: (task id, slot, indices, spares, key) → (task id, used, corrupt, error)."""
     cv2.setNumThreads(1)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
     while True:
         try:
             task = tasks.get(timeout=_POLL_S)
@@ -120,13 +125,14 @@ class RecordLoader:
 
     def __init__(self, dataset: RecordDataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  num_workers: int = 2, mirror: bool = True, color_jitter: float = 0.0, prefetch: int = 4,
-                 max_corrupt_fraction: float = 0.01):
+                 max_corrupt_fraction: float = 0.02):
         self.dataset = dataset
         self.sampler = ShardedSampler(dataset.num_images, batch_size, rank, world_size, seed)
         self.batch_size, self.rank, self.seed = batch_size, rank, seed
         self.num_workers, self.mirror, self.color_jitter = int(num_workers), bool(mirror), float(color_jitter)
         self.max_corrupt_fraction = float(max_corrupt_fraction)
-        self.corrupt: Set[int] = set()
+        self.corrupt: Set[int] = set()  # every distinct corrupt record met (image indices)
+        self._epoch_corrupt: Set[int] = set()  # those met in the current epoch
         self._generation = 0
         self._next_tid = 0
         self._inflight: Dict[int, int] = {}  # task id -> slot
@@ -165,6 +171,7 @@ class RecordLoader:
         plan = self.sampler.indices(epoch, start_step)
         shard = self.sampler.indices(epoch).ravel()
         self._generation += 1
+        self._epoch_corrupt = set()
         return self._iterate(self._generation, epoch, start_step, plan, shard)
 
     def _spares(self, epoch: int, step: int, shard: np.ndarray) -> np.ndarray:
@@ -238,11 +245,14 @@ class RecordLoader:
             log.warning("skipping corrupt record %d (image %d) of %s: it does not decode; replaced by a spare",
                         self.dataset.keys[i], i, self.dataset.path)
         self.corrupt.update(new)
+        fresh = [i for i in corrupt if i not in self._epoch_corrupt]
+        self._epoch_corrupt.update(fresh)
         limit = self.max_corrupt_fraction * self.batches_per_epoch * self.batch_size
-        if new and len(self.corrupt) > limit:
-            raise DatasetError(f"{self.dataset.path}: {len(self.corrupt)} corrupt records exceed "
+        if fresh and len(self._epoch_corrupt) > limit:
+            raise DatasetError(f"{self.dataset.path}: {len(self._epoch_corrupt)} corrupt records exceed "
                                f"max_corrupt_fraction {self.max_corrupt_fraction:g} of the "
-                               f"{self.batches_per_epoch * self.batch_size} images this rank reads per epoch")
+                               f"{self.batches_per_epoch * self.batch_size} images this rank reads per epoch "
+                               f"(first: record {self.dataset.keys[min(self._epoch_corrupt)]})")
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""

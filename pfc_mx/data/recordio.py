@@ -14,7 +14,8 @@ label is an array).
 
 All image headers are read once on open with a vectorised scan of a memory map (no Python
 loop per record), which also checks that every index offset points at a record lying inside
-the .rec and that every label is in [0, num_classes). Records are read with os.pread on a
+the .rec, that the index reaches the end of the .rec (a truncated .idx is caught) and that
+every label is in [0, num_classes). Records are read with os.pread on a
 descriptor opened per process, so a dataset object may be used after fork.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import struct
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -84,9 +85,8 @@ def read_property(path: Path) -> Tuple[Optional[int], Optional[Tuple[int, int]]]
     return values[0], size
 
 
-def read_record_at(fd: int, offset: int, file_size: int, where: str) -> bytes:
-    """The payload of the RecordIO record at byte `offset` (multi-part records joined, as dmlc does)."""
-    parts = []
+def _chunks(fd: int, offset: int, where: str) -> Iterator[Tuple[int, int]]:
+    """(byte position, payload length) of each chunk of the RecordIO record at byte `offset`."""
     pos = offset
     while True:
         head = os.pread(fd, 8, pos)
@@ -96,15 +96,36 @@ def read_record_at(fd: int, offset: int, file_size: int, where: str) -> bytes:
         if magic != MAGIC:
             raise DatasetError(f"{where}: no record at byte {pos} (bad magic)")
         cflag, length = lrec >> 29, lrec & _LEN_MASK
+        yield pos, length
+        pos += 8 + ((length + 3) & ~3)
+        if cflag in (0, 3):
+            return
+
+
+def read_record_at(fd: int, offset: int, file_size: int, where: str) -> bytes:
+    """The payload of the RecordIO record at byte `offset` (multi-part records joined, as dmlc does)."""
+    parts = []
+    for pos, length in _chunks(fd, offset, where):
         data = os.pread(fd, length, pos + 8)
         if len(data) < length:
             raise DatasetError(f"{where}: record at byte {pos} is truncated ({len(data)} of {length} bytes)")
+        if parts:
+            parts.append(_MAGIC_BYTES)  # the writer cut the payload where the magic number occurred
         parts.append(data)
-        pos += 8 + ((length + 3) & ~3)
-        if cflag in (0, 3):
-            break
-        parts.append(_MAGIC_BYTES)  # the writer cut the payload where the magic number occurred
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def check_index_covers(fd: int, keys: np.ndarray, offsets: np.ndarray, file_size: int, rec: Path,
+                       idx: Path) -> None:
+    """DatasetError when the .rec holds data past the last record the index lists (a truncated .idx).
+
+    The writer pads every record to 4 bytes, so the file ends within 3 bytes of the last record's payload.
+    """
+    last = int(np.argmax(offsets))
+    end = max(pos + 8 + length for pos, length in _chunks(fd, int(offsets[last]), str(rec)))
+    if file_size - end > 3:
+        raise DatasetError(f"{idx}: the index ends with record {keys[last]} at byte {end}, but {rec.name} has "
+                           f"{file_size} bytes: truncated .idx (or the index of another .rec)")
 
 
 def unpack_header(payload: bytes) -> Tuple[int, np.ndarray, bytes]:
@@ -205,6 +226,7 @@ class RecordDataset:
         if self.keys.size == 0:
             raise DatasetError(f"{self.path}: empty dataset (the header lists no image records)")
         raw = self._scan_labels()
+        check_index_covers(self._handle(), keys, offsets, self.file_size, self.path, self.idx_path)
         bad = ~np.isfinite(raw) | (raw < 0)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])

@@ -3,14 +3,19 @@
 One step on W ranks equals one step on one rank holding the whole global batch:
 PartialFC returns the gradient of the global mean loss w.r.t. this rank's
 embeddings, so the backbone gradients of the ranks are summed (not averaged).
+
+Faults (docs/reliability.md): at every step boundary the ranks agree (pfc_mx.train.faults)
+whether a stop signal arrived or a rank failed to load its batch; a signal ends the run
+with a complete checkpoint at that boundary (summary `preempted`), a failure stops every
+rank with the same error. A non-finite loss or gradient stops the run, or skips the step
+on every rank while `optim.skip_nonfinite` allows it.
 """
 from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -20,14 +25,17 @@ import symbols
 from pfc_mx import checkpoint, dist
 from pfc_mx.config import Config, check_data_paths, save_config
 from pfc_mx.data import RecordDataset, RecordLoader
-from pfc_mx.errors import ConfigError, TrainingError
+from pfc_mx.errors import ConfigError, TrainingError, first_line
 from pfc_mx.partial_fc import PartialFC
+from pfc_mx.train import faults
 from pfc_mx.train.reporting import Reporter, setup_logging
 from pfc_mx.train.schedule import make_schedule, scaled_base_lr
 from pfc_mx.train.verification import VerificationTargets
 from symbols.legacy import load_backbone, save_backbone
 
 log = logging.getLogger("pfc_mx.train")
+
+Batch = Tuple[np.ndarray, np.ndarray]
 
 
 def prepare_output(cfg: Config) -> Path:
@@ -62,21 +70,25 @@ def build_backbone(cfg: Config, ctx: mx.Context) -> gluon.HybridBlock:
 
 
 def sum_gradients(params: List[gluon.Parameter], grad_clip: float) -> float:
-    """Sum backbone gradients over ranks in place; clip to grad_clip (global L2) if > 0.
+    """Sum backbone gradients over ranks in place; return their global L2 norm, clip to grad_clip if > 0.
 
-    Returns the global gradient norm when clipping (else nan: not computed, no host sync).
+    The norm is the same on every rank (it is taken after the sum), so a non-finite norm stops
+    or skips the step on all ranks alike. One host sync per step.
     """
     grads = [p.grad() for p in params]
     if dist.size() > 1:
         for g, s in zip(grads, dist.grouped_allreduce(grads, op="sum", name="pfc_mx.backbone_grads")):
             s.copyto(g)
-    if grad_clip <= 0:
-        return float("nan")
-    norm = math.sqrt(sum(float((g.astype("float32") ** 2).sum().asscalar()) for g in grads))
-    if math.isfinite(norm) and norm > grad_clip:
+    norm = math.sqrt(float(mx.nd.multi_sum_sq(*grads, num_arrays=len(grads)).sum().asscalar()))
+    if grad_clip > 0 and math.isfinite(norm) and norm > grad_clip:
         for g in grads:
             g *= grad_clip / norm
     return norm
+
+
+def running_stats(net: gluon.HybridBlock) -> List[gluon.Parameter]:
+    """The batch-norm running means and variances (parameters without gradient)."""
+    return [p for p in net.collect_params().values() if p.grad_req == "null"]
 
 
 def average_running_stats(net: gluon.HybridBlock) -> None:
@@ -87,130 +99,252 @@ def average_running_stats(net: gluon.HybridBlock) -> None:
     """
     if dist.size() == 1:
         return
-    stats = [p for p in net.collect_params().values() if p.grad_req == "null"]
+    stats = running_stats(net)
     values = [mx.nd.array(p.data().asnumpy(), ctx=p.data().context) for p in stats]
     for p, total in zip(stats, dist.grouped_allreduce(values, op="sum", name="pfc_mx.bn_stats")):
         p.set_data(total / dist.size())
 
 
 def train(cfg: Config) -> Dict[str, Any]:
-    """Run (or resume) training as described by cfg on this rank; return a summary on every rank."""
+    """Run (or resume) training as described by cfg on this rank; return a summary on every rank.
+
+    summary["preempted"] is True when a SIGTERM/SIGINT stopped the run after a complete
+    checkpoint (train_horovod.py then exits with faults.EXIT_PREEMPTED). When another rank is
+    lost, this process ends with faults.EXIT_RANK_LOST instead of returning.
+    """
     dist.init()
     check_data_paths(cfg)
     out = prepare_output(cfg)
     setup_logging(out)
-    ctx = dist.context()
-    world, rank = dist.size(), dist.rank()
-    if rank == 0:
-        save_config(cfg, out / "config.yaml")
-    dataset = RecordDataset(cfg.data.rec)
-    num_classes = cfg.data.num_classes or dataset.num_classes
-    if num_classes < dataset.num_classes:
-        raise ConfigError(f"data.num_classes = {num_classes} but {cfg.data.rec} has {dataset.num_classes} classes")
-    loader = RecordLoader(dataset, cfg.data.batch_size, rank=rank, world_size=world, seed=cfg.seed,
-                          num_workers=cfg.data.num_workers, mirror=cfg.data.mirror,
-                          color_jitter=cfg.data.color_jitter, max_corrupt_fraction=cfg.data.max_corrupt_fraction)
-    steps_per_epoch = loader.batches_per_epoch
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{dataset.num_images} images are too few for {world} ranks × batch {cfg.data.batch_size}")
-    total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
-    global_batch = cfg.data.batch_size * world
-    base_lr = scaled_base_lr(cfg.optim, global_batch)
-    schedule = make_schedule(cfg.optim, base_lr, steps_per_epoch, total_steps)
-
-    net = build_backbone(cfg, ctx)
-    net(mx.nd.zeros((cfg.data.batch_size, 3, 112, 112), ctx=ctx))  # materialise shapes
-    params = [p for p in net.collect_params().values() if p.grad_req != "null"]
-    trainer = gluon.Trainer(net.collect_params(), "sgd",
-                            {"learning_rate": base_lr, "momentum": cfg.optim.momentum,
-                             "wd": cfg.optim.weight_decay, "multi_precision": cfg.model.fp16,
-                             "lazy_update": False},
-                            kvstore=None)
-    pfc = PartialFC(num_classes, cfg.model.embedding_size, margin=cfg.loss.margins, scale=cfg.loss.scale,
-                    sample_rate=cfg.partial_fc.sample_rate,
-                    interclass_filtering_threshold=cfg.loss.interclass_filtering_threshold,
-                    ctx=ctx, seed=cfg.seed, centers_on=cfg.partial_fc.centers_on)
-
-    start_step = resume(cfg, out, net, trainer, pfc, num_classes)
-    dist.broadcast_parameters(net.collect_params(), root=0)
-    log.info("training %s on %d rank(s) (%s): %d classes, %d images, global batch %d, %d steps/epoch, "
-             "%d steps, lr %.4g, sample rate %.3g", cfg.model.name, world, ctx, num_classes, dataset.num_images,
-             global_batch, steps_per_epoch, total_steps, base_lr, cfg.partial_fc.sample_rate)
-
-    targets = VerificationTargets.find(Path(cfg.data.rec), cfg.eval.targets)
-    reporter = Reporter(out, total_steps, global_batch, start_step, tensorboard=cfg.output.tensorboard)
-    ckpt_root = out / "checkpoints"
-    last_ckpt: Optional[Path] = None
-    loss = float("nan")
-    batches = None
-    try:
-        for step in range(start_step, total_steps):
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            if batches is None or in_epoch == 0:
-                batches = loader.epoch(epoch, start_step=in_epoch)
-            images, labels = next(batches)
-            lr = schedule(step)
-            loss = train_step(net, pfc, trainer, params, images, labels, lr, cfg, ctx, step)
-            done = step + 1
-            if done % cfg.output.log_every == 0 or done == total_steps:
-                reporter.step(done, epoch, loss, lr)
-            evaluate_now = bool(cfg.eval.every) and done % cfg.eval.every == 0 and done != total_steps
-            save_now = done % cfg.output.checkpoint_every == 0 or done == total_steps
-            if evaluate_now or save_now:
-                average_running_stats(net)
-            if evaluate_now:
-                targets.evaluate(net, ctx, cfg.eval, reporter, done)
-            if save_now:
-                state = {"step": done, "epoch": done // steps_per_epoch, "step_in_epoch": done % steps_per_epoch,
-                         "lr": lr, "seed": cfg.seed, "world_size": world, "num_classes": num_classes,
-                         "embedding_size": cfg.model.embedding_size, "model": cfg.model.name,
-                         "sample_rate": cfg.partial_fc.sample_rate, "config_hash": cfg.digest(),
-                         "loss": loss, "corrupt_images": loader.corrupt_count}
-                last_ckpt = checkpoint.save(ckpt_root, done, state, net, trainer, pfc.get_shard(),
-                                            cfg.output.keep, save_backbone)
-                log.info("saved checkpoint %s", last_ckpt)
-        accuracies = targets.evaluate(net, ctx, cfg.eval, reporter, total_steps)
-    finally:
-        loader.close()
-        reporter.close(out / "curves.png" if rank == 0 else None)
-    return {"steps": total_steps, "final_loss": loss, "checkpoint": str(last_ckpt or ""),
-            "verification": accuracies, "best": targets.best, "output": str(out),
-            "corrupt_images": loader.corrupt_count}
+    monitor = faults.RankMonitor(out / "logs" / "heartbeat")
+    run: Optional[Run] = None
+    with faults.StopSignals() as signals:  # also covers the closing work: a launcher's SIGTERM waits for it
+        try:
+            monitor.start()
+            run = Run(cfg, out)
+            summary = run.execute(signals)
+            if summary["preempted"]:
+                signals.hold()
+            dist.barrier()  # no rank leaves while another one still needs it in a collective
+        except mx.base.MXNetError as e:
+            if faults.peer_lost(e):
+                monitor.fail(f"a collective failed ({first_line(e).split('. ')[0]})")
+            raise
+        finally:
+            monitor.stop()
+            if run is not None:
+                run.close()
+    return summary
 
 
-def train_step(net: gluon.HybridBlock, pfc: PartialFC, trainer: gluon.Trainer, params: List[gluon.Parameter],
-               images: np.ndarray, labels: np.ndarray, lr: float, cfg: Config, ctx: mx.Context,
-               step: int) -> float:
-    """One synchronous step on this rank; returns the global mean loss (same on all ranks)."""
-    if cfg.model.dropout > 0:
-        mx.random.seed(cfg.seed * 1_000_003 + step * dist.size() + dist.rank())
-    x = mx.nd.array(images, ctx=ctx, dtype="float32")
-    y = mx.nd.array(labels, ctx=ctx, dtype="int32")
-    with autograd.record():
-        emb = net(x)
-    loss, grad = pfc.forward_backward(emb.detach(), y)
-    if not math.isfinite(loss):
-        raise TrainingError(f"non-finite loss ({loss}) at step {step + 1}; the last good checkpoint is kept")
-    emb.backward(grad.astype(emb.dtype))
-    norm = sum_gradients(params, cfg.optim.grad_clip)
-    if cfg.optim.grad_clip > 0 and not math.isfinite(norm):
-        raise TrainingError(f"non-finite backbone gradient at step {step + 1}; the last good checkpoint is kept")
-    trainer.set_learning_rate(lr)
-    trainer.step(1)
-    pfc.step(lr, momentum=cfg.optim.momentum, wd=cfg.optim.weight_decay)
-    return loss
+class Run:
+    """One rank's training run: model, optimizer, data, and where the run stands."""
+
+    def __init__(self, cfg: Config, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        self.ctx = ctx = dist.context()
+        world, rank = dist.size(), dist.rank()
+        if rank == 0:
+            save_config(cfg, out / "config.yaml")
+        dataset = RecordDataset(cfg.data.rec)
+        self.num_classes = cfg.data.num_classes or dataset.num_classes
+        if self.num_classes < dataset.num_classes:
+            raise ConfigError(f"data.num_classes = {self.num_classes} but {cfg.data.rec} has "
+                              f"{dataset.num_classes} classes")
+        self.loader = RecordLoader(dataset, cfg.data.batch_size, rank=rank, world_size=world, seed=cfg.seed,
+                                   num_workers=cfg.data.num_workers, mirror=cfg.data.mirror,
+                                   color_jitter=cfg.data.color_jitter,
+                                   max_corrupt_fraction=cfg.data.max_corrupt_fraction)
+        self.steps_per_epoch = self.loader.batches_per_epoch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{dataset.num_images} images are too few for {world} ranks × batch "
+                              f"{cfg.data.batch_size}")
+        self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * self.steps_per_epoch
+        global_batch = cfg.data.batch_size * world
+        base_lr = scaled_base_lr(cfg.optim, global_batch)
+        self.schedule = make_schedule(cfg.optim, base_lr, self.steps_per_epoch, self.total_steps)
+
+        self.net = build_backbone(cfg, ctx)
+        self.net(mx.nd.zeros((cfg.data.batch_size, 3, 112, 112), ctx=ctx))  # materialise shapes
+        self.params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
+        self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
+                                     {"learning_rate": base_lr, "momentum": cfg.optim.momentum,
+                                      "wd": cfg.optim.weight_decay, "multi_precision": cfg.model.fp16,
+                                      "lazy_update": False},
+                                     kvstore=None)
+        self.pfc = PartialFC(self.num_classes, cfg.model.embedding_size, margin=cfg.loss.margins,
+                             scale=cfg.loss.scale, sample_rate=cfg.partial_fc.sample_rate,
+                             interclass_filtering_threshold=cfg.loss.interclass_filtering_threshold,
+                             ctx=ctx, seed=cfg.seed, centers_on=cfg.partial_fc.centers_on)
+
+        self.start_step, state, self.last_ckpt = resume(cfg, out, self.net, self.trainer, self.pfc,
+                                                        self.num_classes)
+        self.saved_step = self.start_step  # the step of the newest checkpoint (0: nothing to save yet)
+        self.nonfinite_steps: List[int] = [int(s) for s in state.get("nonfinite_steps", [])]
+        self.inject = faults.injected_nonfinite()
+        self.loss = float("nan")
+        dist.broadcast_parameters(self.net.collect_params(), root=0)
+        log.info("training %s on %d rank(s) (%s): %d classes, %d images, global batch %d, %d steps/epoch, "
+                 "%d steps, lr %.4g, sample rate %.3g", cfg.model.name, world, ctx, self.num_classes,
+                 dataset.num_images, global_batch, self.steps_per_epoch, self.total_steps, base_lr,
+                 cfg.partial_fc.sample_rate)
+        self.targets = VerificationTargets.find(Path(cfg.data.rec), cfg.eval.targets)
+        self.reporter = Reporter(out, self.total_steps, global_batch, self.start_step,
+                                 tensorboard=cfg.output.tensorboard)
+
+    # ------------------------------------------------------------------ the loop
+    def execute(self, signals: faults.StopSignals) -> Dict[str, Any]:
+        """Train to the end, or to the step boundary where a stop signal was agreed on."""
+        batches: Optional[Iterator[Batch]] = None
+        for step in range(self.start_step, self.total_steps):
+            epoch, in_epoch = divmod(step, self.steps_per_epoch)
+            error: Optional[BaseException] = None
+            try:
+                if batches is None or in_epoch == 0:
+                    batches = self.loader.epoch(epoch, start_step=in_epoch)
+                images, labels = next(batches)
+            except Exception as e:  # raised below on every rank, so no rank waits in a collective
+                error = e
+            signalled, failed = faults.agree(signals.received is not None, error is not None)
+            if failed:
+                faults.raise_on_every_rank(error)
+            if signalled:
+                return self.preempt(step, signalled, signals.received)
+            self.run_step(step, epoch, images, labels)
+        accuracies = self.targets.evaluate(self.net, self.ctx, self.cfg.eval, self.reporter, self.total_steps)
+        return self.summary(self.total_steps, verification=accuracies)
+
+    def run_step(self, step: int, epoch: int, images: np.ndarray, labels: np.ndarray) -> None:
+        """Train step `step` (0-based), then report, evaluate and save as the config says."""
+        cfg, done = self.cfg, step + 1
+        lr = self.schedule(step)
+        loss, fault = self.train_step(step, images, labels, lr)
+        if fault:
+            self.skip_or_stop(done, epoch, fault, loss)
+        else:
+            self.loss = loss
+            if done % cfg.output.log_every == 0 or done == self.total_steps:
+                self.reporter.step(done, epoch, loss, lr)
+        evaluate_now = bool(cfg.eval.every) and done % cfg.eval.every == 0 and done != self.total_steps
+        save_now = done % cfg.output.checkpoint_every == 0 or done == self.total_steps
+        if evaluate_now or save_now:
+            average_running_stats(self.net)
+        if evaluate_now:
+            self.targets.evaluate(self.net, self.ctx, cfg.eval, self.reporter, done)
+        if save_now:
+            self.save(done, lr)
+
+    def train_step(self, step: int, images: np.ndarray, labels: np.ndarray, lr: float) -> Tuple[float, str]:
+        """One synchronous step on this rank: (global mean loss, fault).
+
+        fault is "" or what was non-finite, "loss" or "gradient" (the same on every rank); a
+        faulty step changes no weight, momentum or batch-norm statistic.
+        """
+        cfg = self.cfg
+        if cfg.model.dropout > 0:
+            mx.random.seed(cfg.seed * 1_000_003 + step * dist.size() + dist.rank())
+        stats = running_stats(self.net)
+        saved = [p.data().copy() for p in stats] if cfg.optim.skip_nonfinite else []
+        inject = self.inject.get(step + 1) if dist.rank() == dist.size() - 1 else None
+        x = mx.nd.array(images, ctx=self.ctx, dtype="float32")
+        y = mx.nd.array(labels, ctx=self.ctx, dtype="int32")
+        with autograd.record():
+            emb = self.net(x)
+        features = emb.detach() * float("nan") if inject == "loss" else emb.detach()
+        loss, grad = self.pfc.forward_backward(features, y)
+        fault = "" if math.isfinite(loss) else "loss"
+        if not fault:
+            emb.backward((grad * float("nan") if inject == "grad" else grad).astype(emb.dtype))
+            if not math.isfinite(sum_gradients(self.params, cfg.optim.grad_clip)):
+                fault = "gradient"
+        if fault:
+            for p, value in zip(stats, saved):
+                p.set_data(value)
+            return loss, fault
+        self.trainer.set_learning_rate(lr)
+        self.trainer.step(1)
+        self.pfc.step(lr, momentum=cfg.optim.momentum, wd=cfg.optim.weight_decay)
+        return loss, ""
+
+    def skip_or_stop(self, done: int, epoch: int, fault: str, loss: float) -> None:
+        """Count a non-finite step; TrainingError once more than optim.skip_nonfinite were met."""
+        self.nonfinite_steps.append(done)
+        allowed = self.cfg.optim.skip_nonfinite
+        what = f"non-finite loss ({loss})" if fault == "loss" else "non-finite backbone gradient"
+        if len(self.nonfinite_steps) > allowed:
+            kept = (f"the last good checkpoint {self.last_ckpt.name} is kept" if self.last_ckpt
+                    else "no checkpoint was saved before it")
+            budget = (f" after {allowed} skipped (optim.skip_nonfinite, steps "
+                      f"{', '.join(map(str, self.nonfinite_steps[:-1]))})" if allowed else "")
+            raise TrainingError(f"{what} at step {done}{budget}; {kept}")
+        log.warning("skipped step %d: %s; no weight changed (%d of at most %d, optim.skip_nonfinite)",
+                    done, what, len(self.nonfinite_steps), allowed)
+        self.reporter.skipped(done, epoch, what, len(self.nonfinite_steps))
+
+    # ------------------------------------------------------------ checkpoints
+    def corrupt_images(self) -> List[int]:
+        """Collective: the distinct corrupt images every rank skipped so far (image indices)."""
+        return sorted(set().union(*dist.allgather_object(sorted(self.loader.corrupt))))
+
+    def save(self, done: int, lr: float) -> None:
+        """Collective: checkpoint the state after `done` steps."""
+        corrupt = self.corrupt_images()
+        state = {"step": done, "epoch": done // self.steps_per_epoch, "step_in_epoch": done % self.steps_per_epoch,
+                 "lr": lr, "seed": self.cfg.seed, "world_size": dist.size(), "num_classes": self.num_classes,
+                 "embedding_size": self.cfg.model.embedding_size, "model": self.cfg.model.name,
+                 "sample_rate": self.cfg.partial_fc.sample_rate, "config_hash": self.cfg.digest(),
+                 "loss": self.loss, "corrupt_images": len(corrupt), "nonfinite_steps": self.nonfinite_steps}
+        self.last_ckpt = checkpoint.save(self.out / "checkpoints", done, state, self.net, self.trainer,
+                                         self.pfc.get_shard(), self.cfg.output.keep, save_backbone)
+        self.saved_step = done
+        log.info("saved checkpoint %s", self.last_ckpt)
+
+    def preempt(self, step: int, signalled: List[int], received: Optional[str]) -> Dict[str, Any]:
+        """Collective: save the state after `step` steps (unless a checkpoint holds it) and report."""
+        if received:
+            log.warning("rank %d received %s", dist.rank(), received)
+        if step > self.saved_step:
+            average_running_stats(self.net)
+            self.save(step, self.schedule(step - 1))
+        where = f"checkpoint {self.last_ckpt}" if self.last_ckpt else "no checkpoint (no step was done)"
+        log.warning("preempted after step %d: a stop signal reached rank(s) %s; %s holds step %d; exit code %d, "
+                    "rerun with output.resume=auto to continue", step, ", ".join(map(str, signalled)), where,
+                    self.saved_step, faults.EXIT_PREEMPTED)
+        return self.summary(step, preempted=True, signal=received or "")
+
+    # ------------------------------------------------------------ the end
+    def summary(self, steps: int, **extra: Any) -> Dict[str, Any]:
+        """Collective: what the run did, the same on every rank."""
+        corrupt = self.corrupt_images()
+        if corrupt:
+            keys = ", ".join(str(self.loader.dataset.keys[i]) for i in corrupt[:10])
+            log.warning("skipped %d corrupt image(s) of %s (records %s%s)", len(corrupt), self.loader.dataset.path,
+                        keys, ", ..." if len(corrupt) > 10 else "")
+        summary = {"steps": steps, "final_loss": self.loss, "checkpoint": str(self.last_ckpt or ""),
+                   "verification": {}, "best": self.targets.best, "output": str(self.out),
+                   "corrupt_images": len(corrupt), "nonfinite_steps": list(self.nonfinite_steps),
+                   "preempted": False}
+        summary.update(extra)
+        return summary
+
+    def close(self) -> None:
+        self.loader.close()
+        self.reporter.close(self.out / "curves.png" if dist.rank() == 0 else None)
 
 
 def resume(cfg: Config, out: Path, net: gluon.HybridBlock, trainer: gluon.Trainer, pfc: PartialFC,
-           num_classes: int) -> int:
-    """Load the checkpoint named by output.resume; return the step to continue from (0: fresh start)."""
+           num_classes: int) -> Tuple[int, Dict[str, Any], Optional[Path]]:
+    """Load the checkpoint named by output.resume: (step to continue from, its state, its folder).
+
+    (0, {}, None) for a fresh start. With `auto`, rank 0 picks the newest checkpoint that verifies,
+    says which newer ones it skipped and why, and removes folders of interrupted saves.
+    """
     if cfg.output.resume == "none":
-        return 0
+        return 0, {}, None
     if cfg.output.resume == "auto":
-        found = checkpoint.find_resumable(out / "checkpoints") if dist.rank() == 0 else None
-        path = dist.broadcast_object(str(found.path) if found else "", root=0)
+        path = dist.broadcast_object(_find_auto(out / "checkpoints") if dist.rank() == 0 else "", root=0)
         if not path:
-            return 0
+            return 0, {}, None
     else:
         path = cfg.output.resume
     folder = Path(path)
@@ -235,4 +369,19 @@ def resume(cfg: Config, out: Path, net: gluon.HybridBlock, trainer: gluon.Traine
         log.info("elastic resume: checkpoint saved on %s rank(s), continuing on %d", state.get("world_size"),
                  dist.size())
     log.info("resumed from %s at step %d", folder, step)
-    return step
+    return step, state, folder
+
+
+def _find_auto(root: Path) -> str:
+    """Rank 0's part of `resume: auto`: the folder to resume from ('' for none), with the fallback said."""
+    checkpoint.remove_incomplete(root)
+    found = checkpoint.find_resumable(root)
+    if found is None:
+        if root.is_dir() and any(checkpoint.STEP_DIR.match(p.name) for p in root.iterdir()):
+            log.warning("no checkpoint in %s verifies: starting from step 0", root)
+        return ""
+    if found.skipped:
+        log.warning("falling back to %s: newer checkpoint(s) %s did not verify", found.path.name,
+                    ", ".join(p.name for p, _ in found.skipped))
+        checkpoint.point_latest(root, found.path)
+    return str(found.path)

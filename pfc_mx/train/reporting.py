@@ -74,8 +74,13 @@ class Reporter:
         self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
     def _append(self, record: Dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one record; a failed write (disk full) is logged, not raised: only rank 0 writes
+        metrics, and a checkpoint save stops every rank with a clear error when the disk is full."""
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            log.warning("could not append to %s: %s (record lost: %s)", self.metrics_path, e, record)
 
     def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
         """Report the finished step `step` (1-based count of done steps)."""
@@ -97,6 +102,14 @@ class Reporter:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.5f}")
         log.info(line)
+
+    def skipped(self, step: int, epoch: int, what: str, total: int) -> None:
+        """Record that step `step` was skipped (what: why); total: skipped steps of the run so far."""
+        if not self.active:
+            return
+        self._append({"step": step, "epoch": epoch, "skipped": what, "skipped_total": total})
+        if self._writer is not None:
+            self._writer.add_scalar("train/skipped_nonfinite", total, step)
 
     def verification(self, step: int, name: str, accuracy: float, std: float, best: float) -> None:
         if not self.active:

@@ -1,0 +1,271 @@
+"""How a run meets faults: stop signals (preemption), lost ranks, failures on one rank, injected faults.
+
+Usage (what the training loop does)::
+
+    with StopSignals() as signals, RankMonitor(out / "logs" / "heartbeat") as monitor:
+        for step in ...:
+            batch, error = fetch()                        # an exception is kept, not raised
+            stop, failed = agree(signals.received is not None, error is not None)
+            if failed:
+                raise_on_every_rank(error)               # all ranks stop with the same message
+            if stop:
+                ...save a checkpoint, return EXIT_PREEMPTED...
+
+Exit codes of train_horovod.py (docs/reliability.md): 0 finished, 2 a PfcError (one line),
+EXIT_PREEMPTED after a stop signal and a complete checkpoint, EXIT_RANK_LOST when another rank
+died or froze. A lost rank makes Horovod shut down (at once when its connections break, after
+HOROVOD_GLOO_TIMEOUT_SECONDS, default 30, when it freezes); RankMonitor.fail then names it and
+ends this process with os._exit, since a normal exit would wait in Horovod's shutdown for the
+dead peer.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
+
+import mxnet as mx
+
+from pfc_mx import dist, errors
+
+log = logging.getLogger("pfc_mx.train")
+
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
+EXIT_RANK_LOST = 69  # sysexits EX_UNAVAILABLE: another rank died or stopped answering
+STOP_FLAG = "pfc_mx.stop_flag"
+INJECT_NONFINITE = "PFC_MX_INJECT_NONFINITE"
+_exit = os._exit  # replaced in unit tests
+
+
+def _ancestors() -> List[Tuple[int, float]]:
+    """(pid, start time) of this process's ancestors below init; [] without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    return [(p.pid, p.create_time()) for p in psutil.Process().parents() if p.pid > 1]
+
+
+def _any_gone(processes: Sequence[Tuple[int, float]]) -> bool:
+    """Whether one of the (pid, start time) processes has ended (a zombie, not yet reaped, has)."""
+    import psutil
+
+    for pid, started in processes:
+        try:
+            p = psutil.Process(pid)
+            if p.create_time() != started or p.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+    return False
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only record their name in `received`; handlers restored on exit.
+
+    A signal that arrives after a process that launched this rank has ended (horovodrun killed
+    with SIGKILL: its helpers then send SIGTERM) is a hard stop: the default action runs at once,
+    as if the whole job had been killed. Installed only in the main thread; elsewhere a no-op.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: Optional[str] = None
+        self._previous: Dict[int, object] = {}
+        self._launchers: List[Tuple[int, float]] = []
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self._launchers and _any_gone(self._launchers):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._launchers = _ancestors()
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def hold(self) -> None:
+        """Ignore SIGTERM and SIGINT from now on, also after the block: the run stopped after a
+        preemption checkpoint, and a launcher's follow-up signal must not change the exit code."""
+        self._previous = {s: signal.SIG_IGN for s in self._previous}
+
+
+def agree(signalled: bool, failed: bool) -> Tuple[List[int], List[int]]:
+    """Collective at a step boundary: (ranks that received a stop signal, ranks that failed).
+
+    One tiny all-gather named STOP_FLAG, so every rank takes the same decision at the same step.
+    """
+    flags = mx.nd.array([[float(signalled), float(failed)]], dtype="float32")
+    gathered = dist.allgather(flags, name=STOP_FLAG).asnumpy()
+    return ([r for r in range(len(gathered)) if gathered[r, 0]],
+            [r for r in range(len(gathered)) if gathered[r, 1]])
+
+
+def raise_on_every_rank(local: Optional[BaseException]) -> NoReturn:
+    """Collective, after `agree` reported a failure: every rank raises the lowest failing rank's error.
+
+    That rank re-raises its own exception; the others raise the same PfcError class (TrainingError
+    for anything else) with the message prefixed by `rank r:`.
+    """
+    mine = (type(local).__name__, errors.first_line(local)) if local is not None else None
+    reports = dist.allgather_object(mine)
+    rank, (kind, message) = next((r, rep) for r, rep in enumerate(reports) if rep is not None)
+    if local is not None and rank == dist.rank():
+        raise local
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.PfcError)):
+        cls, message = errors.TrainingError, f"{kind}: {message}; see logs/rank{rank}.log"
+    raise cls(f"rank {rank}: {message}")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """True when an MXNet error comes from a Horovod collective that failed (a peer died or froze)."""
+    return dist.size() > 1 and "horovod" in str(error).lower()
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether process pid (in this pid namespace) still runs (a zombie counts as gone)."""
+    import psutil  # installed with horovod, the only case with peers to watch
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class RankMonitor:
+    """Names lost ranks: a same-host peer whose process is gone, or a peer whose heartbeat stopped.
+
+    Every rank's thread writes a counter into `<folder>/rank{r}` every interval_s (the output
+    folder is shared by all ranks, as checkpoints need). `fail` is called when a collective
+    failed; as a last resort the thread itself calls it when a same-host peer has been gone for
+    orphan_timeout_s while this rank still runs. peers: [(host, pid namespace, pid)] per rank
+    (default: gathered from all ranks in start()).
+    """
+
+    def __init__(self, folder: Path, interval_s: float = 1.0, orphan_timeout_s: float = 30.0,
+                 peers: Optional[Sequence[Tuple[str, str, int]]] = None, rank: Optional[int] = None) -> None:
+        self.folder = Path(folder)
+        self.interval_s, self.orphan_timeout_s = interval_s, orphan_timeout_s
+        self.peers = list(peers) if peers is not None else None
+        self.rank = rank
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "RankMonitor":
+        """Collective (unless peers were given): learn the peers and start the heartbeat thread."""
+        if self.rank is None:
+            self.rank = dist.rank()
+        if self.peers is None:
+            self.peers = dist.allgather_object((socket.gethostname(), _pid_namespace(), os.getpid()))
+        if len(self.peers) > 1:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._thread = threading.Thread(target=self._run, name="pfc-rank-monitor", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the heartbeat thread (idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def __enter__(self) -> "RankMonitor":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        beat, gone_since = 0, {}
+        while not self._stop.is_set():
+            beat += 1
+            try:
+                (self.folder / f"rank{self.rank}").write_text(f"{beat}\n")
+            except OSError:
+                pass  # a full disk must not end the run from here; lost_ranks then relies on pids
+            now = time.monotonic()
+            for r in self._gone_local():
+                gone_since.setdefault(r, now)
+            if any(now - t > self.orphan_timeout_s for t in gone_since.values()):
+                self.fail(f"no collective reported it within {self.orphan_timeout_s:g} s")
+            self._stop.wait(self.interval_s)
+
+    def _gone_local(self) -> List[int]:
+        host, ns = socket.gethostname(), _pid_namespace()
+        return [r for r, (h, n, pid) in enumerate(self.peers or [])
+                if r != self.rank and (h, n) == (host, ns) and not _alive(pid)]
+
+    def _beats(self) -> Dict[int, Optional[str]]:
+        beats: Dict[int, Optional[str]] = {}
+        for r in range(len(self.peers or [])):
+            try:
+                beats[r] = (self.folder / f"rank{r}").read_text()
+            except OSError:
+                beats[r] = None
+        return beats
+
+    def lost_ranks(self, wait_s: Optional[float] = None) -> Dict[int, str]:
+        """{rank: why} of the lost peers: gone same-host processes, else heartbeats unchanged over wait_s."""
+        gone = self._gone_local()
+        if gone:
+            return {r: "its process is gone (exited or killed)" for r in gone}
+        wait_s = 2.5 * self.interval_s if wait_s is None else wait_s
+        before = self._beats()
+        time.sleep(wait_s)
+        after = self._beats()
+        return {r: f"no heartbeat for {wait_s:.1f} s (frozen, or its host is down)"
+                for r in after if r != self.rank and (after[r] is None or after[r] == before[r])}
+
+    def fail(self, cause: str) -> NoReturn:
+        """Log which ranks are lost and why, then end this process with EXIT_RANK_LOST."""
+        lost = self.lost_ranks()
+        who = "; ".join(f"rank {r} (pid {self.peers[r][2]} on {self.peers[r][0]}) is lost: {why}"
+                        for r, why in sorted(lost.items())) or "lost contact with the other ranks (none identified)"
+        message = (f"{who}; {cause}. Rank {self.rank} stops with exit code {EXIT_RANK_LOST}; "
+                   "rerun to resume from the last complete checkpoint")
+        log.error(message)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.write(f"error: {message}\n")  # the process ends here, not in run_cli
+        sys.stderr.flush()
+        _exit(EXIT_RANK_LOST)
+
+
+def injected_nonfinite(spec: Optional[str] = None) -> Dict[int, str]:
+    """Test hook: PFC_MX_INJECT_NONFINITE="3,5:grad" → {3: "loss", 5: "grad"} (1-based step numbers).
+
+    At such a step the last rank multiplies its embeddings ("loss") or its embedding gradient
+    ("grad") by NaN; the collectives carry the fault to every rank, as a real one would.
+    """
+    spec = os.environ.get(INJECT_NONFINITE, "") if spec is None else spec
+    faults: Dict[int, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        step, _, kind = item.partition(":")
+        if kind not in ("", "loss", "grad") or not step.isdigit():
+            raise errors.ConfigError(f"{INJECT_NONFINITE}={spec!r}: expected steps like 3,5:grad")
+        faults[int(step)] = kind or "loss"
+    return faults
