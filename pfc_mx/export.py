@@ -83,7 +83,7 @@ def export_onnx(source: "str | Path", out_path: "str | Path", fp16: bool = False
         if os.path.exists(tmp):
             os.remove(tmp)
     report["bytes"] = out_path.stat().st_size
-    log.info("exported %s -> %s (%d bytes)", source, out_path, report["bytes"])
+    log.debug("exported %s -> %s (%d bytes)", source, out_path, report["bytes"])
     return report
 
 
@@ -294,7 +294,7 @@ def parity(forward_mx: Any, onnx_path: "str | Path", batch: int = 4, seed: int =
     cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     result = {"parity_batch": int(len(x)), "max_abs_diff": float(np.max(np.abs(a - b))),
               "min_cosine": float(np.min(cos)), "min_cosine_required": MIN_COSINE[fp16]}
-    log.info("parity: max |mxnet - onnxruntime| %.3g, min cosine %.8f", result["max_abs_diff"], result["min_cosine"])
+    log.debug("parity: max |mxnet - onnxruntime| %.3g, min cosine %.8f", result["max_abs_diff"], result["min_cosine"])
     if not np.isfinite(result["min_cosine"]) or result["min_cosine"] < MIN_COSINE[fp16]:
         raise ExportError(f"{label}: parity check failed: min cosine {result['min_cosine']:.6f} "
                           f"< {MIN_COSINE[fp16]} (max abs diff {result['max_abs_diff']:.3g})")

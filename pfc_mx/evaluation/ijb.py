@@ -235,5 +235,5 @@ def evaluate_ijb(forward_fn: Callable[[np.ndarray], Any], root: "str | Path", ta
         result["scores_npy"] = str(out / f"{meta.target.lower()}_scores.npy")
         result["roc_png"] = str(plot_roc(meta.labels, scores, out / f"{meta.target.lower()}_roc.png",
                                          f"ROC on {meta.target}"))
-    log.info("%s: %s", meta.target, ", ".join(f"TAR@FAR={f:g} {100 * t:.2f}" for f, t in result["tar"].items()))
+    log.debug("%s: %s", meta.target, ", ".join(f"TAR@FAR={f:g} {100 * t:.2f}" for f, t in result["tar"].items()))
     return result

@@ -103,5 +103,5 @@ def verify(forward_fn: ForwardFn, bin_path: "str | Path", batch_size: int = 64, 
     emb = embed(forward_fn, images, batch_size=batch_size, flip=flip)
     acc, std, threshold = ten_fold_accuracy(emb, issame)
     name = Path(bin_path).stem
-    log.info("%s: accuracy %.5f ± %.5f, threshold %.2f (%d pairs)", name, acc, std, threshold, len(issame))
+    log.debug("%s: accuracy %.5f ± %.5f, threshold %.2f (%d pairs)", name, acc, std, threshold, len(issame))
     return {"name": name, "accuracy": acc, "std": std, "threshold": threshold, "pairs": int(len(issame))}
