@@ -16,3 +16,5 @@ def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
     assert [c[3] for c in cells] == ["3,000", "300"]  # S: every row, then max(0.1 · C, positives)
     for c in cells:
         assert float(c[4]) > 0 and float(c[5]) > 0 and float(c[6]) > 0  # head ms, matmul ms, ratio
+        update, rest = float(c[11]), float(c[12])  # the update's share of the head, the rest / matmul
+        assert 0 < update < float(c[4]) and 0 < rest < float(c[6])

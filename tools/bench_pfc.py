@@ -6,7 +6,8 @@ For every (world size, C, sample rate) a fresh process (``horovodrun -np 2`` for
 world 2) builds a PartialFC (D = --dim, global batch N = --batch) and measures:
 
 - head: one training step of the head, ``forward_backward`` + ``step`` (mean of
-  --steps after one warm-up step);
+  --steps after one warm-up step), and of it the ``step`` alone (update: the
+  SGD-momentum pass over the used center rows, which the products leave out);
 - matmul: the three plain products that step needs at the same shapes on this
   rank, logits X·Wᵀ (N×D·D×S), dX = G·W and dW = Gᵀ·X (the faster of dot and
   linalg.gemm2), run alternately with the head steps in the same process;
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -84,12 +85,16 @@ def worker(args: argparse.Namespace) -> None:
     rss0 = _status_kib("VmRSS")
     pfc = PartialFC(c, d, sample_rate=args.rates[0], seed=0)
 
-    def head(step: int) -> float:
+    def head(step: int) -> Tuple[float, float]:
+        """(seconds of forward_backward + step, seconds of step alone)."""
         t = time.perf_counter()
         pfc.forward_backward(x, labels[step])
+        mx.nd.waitall()
+        u = time.perf_counter()
         pfc.step(0.1, momentum=0.9, wd=5e-4)
         mx.nd.waitall()
-        return time.perf_counter() - t
+        end = time.perf_counter()
+        return end - t, end - u
 
     head(0)
     growth = (_status_kib("VmHWM") - rss0) * 1024
@@ -119,14 +124,17 @@ def worker(args: argparse.Namespace) -> None:
         return best
 
     products()
-    heads, mats = [], []
+    heads, updates, mats = [], [], []
     for step in range(1, args.steps + 1):
         dist.barrier()
-        heads.append(head(step))
+        total, update = head(step)
+        heads.append(total)
+        updates.append(update)
         dist.barrier()
         mats.append(products())
     result = {"world": world, "rank": rank, "classes": c, "rate": args.rates[0], "num_local": pfc.num_local,
-              "sampled": s, "head_s": float(np.mean(heads)), "matmul_s": float(np.mean(mats)),
+              "sampled": s, "head_s": float(np.mean(heads)),
+              "update_s": float(np.mean(updates)), "matmul_s": float(np.mean(mats)),
               "growth_bytes": growth, "budget_bytes": budget}
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
@@ -150,7 +158,7 @@ def launch(world: int, classes: int, rate: float, args: argparse.Namespace, out:
 def table(rows: List[Dict]) -> str:
     """Markdown table; one line per (world, C, rate) with the slowest rank's times and largest memory."""
     head = ("| ranks | C | rate | S per rank | head ms | matmul ms | head / matmul | rate 1 / this | "
-            "memory growth MiB | budget MiB | growth / budget |")
+            "memory growth MiB | budget MiB | growth / budget | update ms | (head − update) / matmul |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     full = {(r["world"], r["classes"]): r["head_s"] for r in rows if r["rate"] == 1.0}
     for r in rows:
@@ -158,14 +166,16 @@ def table(rows: List[Dict]) -> str:
         lines.append(f"| {r['world']} | {r['classes']:,} | {r['rate']:g} | {r['sampled']:,} | {1e3 * r['head_s']:.1f} "
                      f"| {1e3 * r['matmul_s']:.1f} | {r['head_s'] / r['matmul_s']:.2f} | "
                      f"{(speedup / r['head_s']) if speedup else float('nan'):.1f} | {r['growth_bytes'] / MIB:.0f} | "
-                     f"{r['budget_bytes'] / MIB:.0f} | {r['growth_bytes'] / r['budget_bytes']:.2f} |")
+                     f"{r['budget_bytes'] / MIB:.0f} | {r['growth_bytes'] / r['budget_bytes']:.2f} | "
+                     f"{1e3 * r['update_s']:.1f} | {(r['head_s'] - r['update_s']) / r['matmul_s']:.2f} |")
     return "\n".join(lines)
 
 
 def merge(ranks: List[Dict]) -> Dict:
     """One row from the ranks of a run: slowest head and products, largest growth relative to budget."""
     worst = max(ranks, key=lambda r: r["growth_bytes"] / r["budget_bytes"])
-    return {**ranks[0], "head_s": max(r["head_s"] for r in ranks), "matmul_s": max(r["matmul_s"] for r in ranks),
+    return {**ranks[0], "head_s": max(r["head_s"] for r in ranks),
+            "update_s": max(r["update_s"] for r in ranks), "matmul_s": max(r["matmul_s"] for r in ranks),
             "sampled": max(r["sampled"] for r in ranks), "growth_bytes": worst["growth_bytes"],
             "budget_bytes": worst["budget_bytes"]}
 
