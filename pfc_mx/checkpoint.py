@@ -18,7 +18,11 @@ folder without state.json, or whose checksums do not match, is never used:
 A save that fails on any rank (disk full, unwritable folder) raises
 CheckpointError on every rank and leaves the previous checkpoint and `latest`
 as they were; the folder of a save that was killed keeps its temporary name
-and is removed by `remove_incomplete` on the next resume.
+and is removed by `remove_incomplete` on the next resume. Step folders newer
+than the step a run starts from (damaged ones skipped by the fallback, or a
+later history when a run restarts from an older point) are moved into
+`set-aside/` by `set_aside_newer`, never deleted; pruning only ever removes
+folders older than the one just saved.
 Centers are stored by global class range, so a run saved on W ranks resumes on
 any other number of ranks. The output folder must be visible to every rank
 (one host, or a shared file system).
@@ -165,7 +169,7 @@ def save(root: Path, step: int, state: Dict[str, Any], net: Any, trainer: Any,
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _write_atomic(root / "latest", final.name + "\n")
-            _prune(root, keep)
+            _prune(root, step, keep)
         except Exception as e:
             errors.append(f"could not complete checkpoint {final.name}: {_reason(e, root)}")
     errors = dist.broadcast_object(errors, root=0)
@@ -176,10 +180,42 @@ def save(root: Path, step: int, state: Dict[str, Any], net: Any, trainer: Any,
     return final
 
 
-def _prune(root: Path, keep: int) -> None:
-    done = sorted(p for p in root.iterdir() if STEP_DIR.match(p.name))
+def step_folders(root: Path) -> List[Tuple[int, Path]]:
+    """(step, folder) of the `step-XXXXXXXX` folders under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir() for m in [STEP_DIR.match(p.name)] if m)
+
+
+def _prune(root: Path, step: int, keep: int) -> None:
+    """Keep the newest `keep` folders up to `step` (the one just saved is always among them)."""
+    done = [p for s, p in step_folders(root) if s <= step]
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside_newer(root: Path, step: int) -> List[str]:
+    """Move step folders newer than `step` into `root/set-aside/` (a suffix keeps names unique).
+
+    Called at resume, by rank 0 only: those folders are damaged ones the fallback skipped, or
+    belong to a later history than the step this run continues from; resume `auto` must never
+    pick them, and pruning must not count them. Returns the names moved.
+    """
+    root = Path(root)
+    moved = []
+    for s, folder in step_folders(root):
+        if s <= step:
+            continue
+        target = root / "set-aside" / folder.name
+        n = 1
+        while target.exists():
+            target, n = root / "set-aside" / f"{folder.name}.{n}", n + 1
+        target.parent.mkdir(exist_ok=True)
+        os.replace(folder, target)
+        moved.append(folder.name)
+        log.warning("moved %s to %s: it is newer than step %d, where this run continues", folder, target, step)
+    return moved
 
 
 def verify(folder: Path) -> Dict[str, Any]:
@@ -195,7 +231,11 @@ def verify(folder: Path) -> Dict[str, Any]:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{folder}: missing file {name}")
-        if _sha256(path) != digest:
+        try:
+            actual = _sha256(path)
+        except OSError as e:
+            raise CheckpointError(f"{path}: unreadable ({e.strerror or e})") from None
+        if actual != digest:
             raise CheckpointError(f"{folder}: checksum mismatch in {name} (file damaged)")
     return state
 
@@ -205,12 +245,8 @@ def find_resumable(root: Path) -> Optional[Resumable]:
 
     A damaged newest checkpoint is skipped with a warning naming it.
     """
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    candidates = sorted((p for p in root.iterdir() if STEP_DIR.match(p.name)), reverse=True)
     skipped: List[Tuple[Path, str]] = []
-    for folder in candidates:
+    for _, folder in reversed(step_folders(root)):
         try:
             return Resumable(folder, verify(folder), tuple(skipped))
         except CheckpointError as e:
@@ -241,10 +277,15 @@ def remove_incomplete(root: Path) -> List[str]:
     return removed
 
 
-def point_latest(root: Path, folder: Path) -> None:
-    """Name `folder` in `latest` (after a fallback past damaged checkpoints); best effort."""
+def point_latest(root: Path, folder: Optional[Path]) -> None:
+    """Name `folder` in `latest`, or remove `latest` for None (at resume, after folders were set
+    aside); best effort."""
+    latest = Path(root) / "latest"
     try:
-        _write_atomic(Path(root) / "latest", Path(folder).name + "\n")
+        if folder is not None:
+            _write_atomic(latest, Path(folder).name + "\n")
+        elif latest.exists():
+            latest.unlink()
     except OSError as e:
         log.warning("could not update %s: %s", Path(root) / "latest", e)
 

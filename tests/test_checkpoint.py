@@ -127,3 +127,42 @@ def test_interrupted_save_folders_are_removed_and_never_resumed(tmp_path):
     assert checkpoint.remove_incomplete(tmp_path) == [".step-00000004.tmp", "latest.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000002"]
     assert checkpoint.remove_incomplete(tmp_path / "nothing-here") == []
+
+
+def test_pruning_never_removes_the_new_checkpoint_for_a_newer_folder(tmp_path):
+    # a damaged (or later-history) step-6 stays on disk; a run resumed at step 4 saves step 5 with keep 1
+    save(tmp_path, 4, centers(seed=1), keep=1)
+    stray = tmp_path / "step-00000006"
+    stray.mkdir()
+    (stray / "state.json").write_text("{not json")
+    newest = save(tmp_path, 5, centers(seed=2), keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000005", "step-00000006"]
+    assert checkpoint.verify(newest)["step"] == 5 and (tmp_path / "latest").read_text().strip() == "step-00000005"
+
+
+def test_set_aside_newer_moves_folders_past_the_resume_step_and_keeps_them(tmp_path):
+    for step in (2, 4, 6):
+        save(tmp_path, step, centers(seed=step), keep=3)
+    (tmp_path / "set-aside").mkdir()
+    (tmp_path / "set-aside" / "step-00000006").mkdir()  # from an earlier set-aside: names stay unique
+    assert checkpoint.set_aside_newer(tmp_path, 2) == ["step-00000004", "step-00000006"]
+    assert [s for s, _ in checkpoint.step_folders(tmp_path)] == [2]
+    assert sorted(p.name for p in (tmp_path / "set-aside").iterdir()) == [
+        "step-00000004", "step-00000006", "step-00000006.1"]
+    assert checkpoint.verify(tmp_path / "set-aside" / "step-00000006.1")["step"] == 6
+    assert checkpoint.find_resumable(tmp_path).path.name == "step-00000002"
+    assert checkpoint.set_aside_newer(tmp_path, 2) == []
+    checkpoint.point_latest(tmp_path, None)
+    assert not (tmp_path / "latest").exists()
+
+
+def test_a_file_that_cannot_be_read_is_a_checkpoint_error(tmp_path, monkeypatch):
+    folder = save(tmp_path, 2, centers())
+
+    def unreadable(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoint, "_sha256", unreadable)
+    with pytest.raises(CheckpointError, match=r"unreadable \(Input/output error\)"):
+        checkpoint.verify(folder)
+    assert checkpoint.find_resumable(tmp_path) is None

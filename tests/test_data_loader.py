@@ -157,6 +157,23 @@ def test_more_corrupt_records_than_allowed_stop_with_dataset_error(tmp_path):
             collect(loader, 0)
 
 
+def test_corrupt_records_met_before_a_resume_count_toward_the_epoch_budget(tmp_path):
+    order = ShardedSampler(40, 8, 0, 1, seed=2).indices(0)  # (5 steps, 8) image indices of epoch 0
+    first, second, third = int(order[0, 0]), int(order[1, 0]), int(order[3, 0])
+    ds = make_dataset(tmp_path, n=40, corrupt={first, second, third})
+    with RecordLoader(ds, 8, seed=2, num_workers=0, max_corrupt_fraction=0.05) as loader:  # 2 of 40 allowed
+        batches = loader.epoch(0)
+        for _ in range(3):
+            next(batches)
+        assert loader.epoch_corrupt == sorted([first, second])
+    with RecordLoader(ds, 8, seed=2, num_workers=0, max_corrupt_fraction=0.05) as resumed:
+        with pytest.raises(DatasetError, match=r"3 corrupt records exceed"):
+            list(resumed.epoch(0, start_step=3, met=[first, second]))
+    with RecordLoader(ds, 8, seed=2, num_workers=0, max_corrupt_fraction=0.05) as unaware:
+        assert len(list(unaware.epoch(0, start_step=3, met=[10_000]))) == 2  # not in the shard: not counted
+        assert unaware.epoch_corrupt == [third]
+
+
 def test_a_new_epoch_supersedes_an_abandoned_iterator(ds):
     with RecordLoader(ds, 4, seed=6, num_workers=0) as ref:
         expected = collect(ref, 1)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+import psutil
 import pytest
 
 from pfc_mx import checkpoint
@@ -197,6 +198,45 @@ def test_stop_signals_only_record_and_restore_the_handlers():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def test_launchers_are_the_chain_up_to_horovodrun_and_nothing_above(tmp_path):
+    """A hard stop watches the processes between a rank and its horovodrun only: not a login shell
+    above it, and nothing at all without horovodrun (where the pytest process has none)."""
+    assert faults._launchers() == []
+    fake = tmp_path / "horovodrun"  # a stand-in launcher: python running a script named horovodrun
+    fake.write_text("import subprocess, sys\n"
+                    "subprocess.run(['/bin/sh', '-c', sys.executable + ' -c \"import time; time.sleep(60)\"; true'])\n")
+    launcher = subprocess.Popen([sys.executable, str(fake)])
+    try:
+        deadline, leaf = time.time() + 20, None
+        while leaf is None and time.time() < deadline:
+            below = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+                     if p.cmdline()[:2] == [sys.executable, "-c"]]
+            leaf = below[0].pid if below else None
+            time.sleep(0.05)
+        chain = faults._launchers(leaf)
+        assert [pid for pid, _ in chain][-1] == launcher.pid and len(chain) == 2  # the shell, then horovodrun
+        assert not faults._any_gone(chain)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert faults._any_gone(chain)  # the launcher is gone
+
+
+def test_any_gone_sees_exit_zombie_and_pid_reuse():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    state, ppid, ticks = faults._proc_stat(child.pid)
+    assert ppid == os.getpid() and state in "RS"
+    assert not faults._any_gone([(child.pid, ticks)])
+    assert faults._any_gone([(child.pid, ticks + 1)])  # same pid, another start: another process
+    child.kill()
+    deadline = time.time() + 10
+    while faults._proc_stat(child.pid)[0] != "Z" and time.time() < deadline:
+        time.sleep(0.01)
+    assert faults._any_gone([(child.pid, ticks)])  # a zombie, not reaped yet
+    child.wait()
+    assert faults._proc_stat(child.pid) is None and faults._any_gone([(child.pid, ticks)])
+
+
 # ---------------------------------------------------------------- 2. a lost rank
 @pytest.mark.dist
 @pytest.mark.parametrize("sig, victim, why", [
@@ -297,6 +337,29 @@ def test_kill_during_save_and_a_damaged_newest_checkpoint_fall_back_to_the_previ
     assert logged_steps(resumed) == list(range(3, STEPS + 1))
     assert_continues_reference(job.out, reference, 2)
     assert latest(job.out) == f"step-{STEPS:08d}" and checkpoint.verify(ck / latest(job.out))["step"] == STEPS
+    assert f"moved {ck / 'step-00000004'} to {ck / 'set-aside' / 'step-00000004'}" in resumed  # kept, never used
+    assert (ck / "set-aside" / "step-00000004" / checkpoint.TRAINER_STATES).stat().st_size == 1000
+
+
+def test_a_fresh_start_in_a_used_output_folder_sets_the_old_checkpoints_aside(data, tmp_path):
+    """resume: none (or an older checkpoint) in a folder holding newer checkpoints: they are moved to
+    checkpoints/set-aside/, so pruning keeps the new run's checkpoints and `auto` continues the new run."""
+    out, ck = tmp_path / "run", tmp_path / "run" / "checkpoints"
+
+    def train(*extra: str) -> str:
+        r = subprocess.run(TRAIN + overrides(data, out, "output.keep=1", *extra), cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env=rank_env())
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout + r.stderr
+
+    train("optim.max_steps=6")
+    fresh = train("optim.max_steps=4", "output.resume=none")
+    assert f"moved {ck / 'step-00000006'} to {ck / 'set-aside' / 'step-00000006'}" in fresh
+    assert step_folders(out) == ["set-aside", "step-00000004"] and latest(out) == "step-00000004"
+    assert checkpoint.verify(ck / "set-aside" / "step-00000006")["step"] == 6
+    continued = train("optim.max_steps=6")
+    assert f"resumed from {ck / 'step-00000004'} at step 4" in continued
+    assert step_folders(out) == ["set-aside", "step-00000006"]
 
 
 # ---------------------------------------------------------------- 4. full disk during a save
@@ -377,7 +440,12 @@ def test_one_percent_corrupt_jpegs_train_to_the_end_and_are_counted(hundred_imag
     summary = json.loads(proc.stdout.split("summary: ", 1)[1].splitlines()[0])
     assert summary["steps"] == 5 and summary["corrupt_images"] == 1
     assert f"skipped 1 corrupt image(s) of {data / 'train.rec'} (records {key})" in proc.stdout
-    assert checkpoint.verify(out / "checkpoints" / "step-00000005")["corrupt_images"] == 1
+    state = checkpoint.verify(out / "checkpoints" / "step-00000005")
+    assert (state["corrupt_images"], state["corrupt_records"], state["corrupt_in_epoch"]) == (1, [37], [])
+    # the count survives a resume (image 37 is not read again in step 6)
+    proc = launch(TRAIN + overrides(data, out, "data.batch_size=10", "optim.max_steps=6"), timeout=300)
+    assert json.loads(proc.stdout.split("summary: ", 1)[1].splitlines()[0])["corrupt_images"] == 1
+    assert "skipping corrupt record" not in proc.stdout
 
 
 @pytest.mark.dist
@@ -437,7 +505,7 @@ def test_broken_index_or_label_stops_before_training_naming_it(data, tmp_path, d
 def test_nonfinite_steps_are_skipped_up_to_the_budget_then_stop_keeping_the_last_good_checkpoint(data, jobs):
     job = jobs(data, "optim.skip_nonfinite=2", env={faults.INJECT_NONFINITE: "3:loss,5:grad,6:loss"})
     assert job.finish(300) == {0: USER_ERROR, 1: USER_ERROR}
-    message = ("non-finite loss (nan) at step 6 after 2 skipped (optim.skip_nonfinite, steps 3, 5); "
+    message = ("non-finite loss (nan) at step 6 after 2 skipped (optim.skip_nonfinite 2, steps 3, 5); "
                "the last good checkpoint step-00000004 is kept")
     assert f"[0]<stderr>:error: {message}" in job.output() and f"[1]<stderr>:error: {message}" in job.output()
     records = metrics(job.out)

@@ -28,7 +28,7 @@ import os
 import queue
 import signal
 import sys
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import cv2
 import numpy as np
@@ -166,13 +166,24 @@ class RecordLoader:
             p.start()
             self._workers.append(p)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """Iterator over the batches of `epoch` from `start_step` on; a new call supersedes an older iterator."""
+    def epoch(self, epoch: int, start_step: int = 0,
+              met: Iterable[int] = ()) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Iterator over the batches of `epoch` from `start_step` on; a new call supersedes an older iterator.
+
+        met: corrupt records (image indices) met earlier in this epoch, before a resume; those in
+        this rank's epoch shard count toward the epoch's max_corrupt_fraction again.
+        """
         plan = self.sampler.indices(epoch, start_step)
         shard = self.sampler.indices(epoch).ravel()
         self._generation += 1
-        self._epoch_corrupt = set()
+        met = np.fromiter(met, dtype=np.int64)
+        self._epoch_corrupt = set(np.intersect1d(met, shard).tolist())
         return self._iterate(self._generation, epoch, start_step, plan, shard)
+
+    @property
+    def epoch_corrupt(self) -> List[int]:
+        """The distinct corrupt records met in the current epoch (image indices, sorted)."""
+        return sorted(self._epoch_corrupt)
 
     def _spares(self, epoch: int, step: int, shard: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch, step, self.rank, 1])

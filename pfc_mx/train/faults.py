@@ -7,7 +7,7 @@ Usage (what the training loop does)::
             batch, error = fetch()                        # an exception is kept, not raised
             stop, failed = agree(signals.received is not None, error is not None)
             if failed:
-                raise_on_every_rank(error)               # all ranks stop with the same message
+                raise_if_any(error)                      # all ranks stop with the same message
             if stop:
                 ...save a checkpoint, return EXIT_PREEMPTED...
 
@@ -43,25 +43,49 @@ INJECT_NONFINITE = "PFC_MX_INJECT_NONFINITE"
 _exit = os._exit  # replaced in unit tests
 
 
-def _ancestors() -> List[Tuple[int, float]]:
-    """(pid, start time) of this process's ancestors below init; [] without psutil."""
+def _proc_stat(pid: int) -> Optional[Tuple[str, int, int]]:
+    """(state letter, parent pid, start time in clock ticks since boot) of a process; None when gone.
+
+    Read from /proc/<pid>/stat: the start time in ticks is fixed for the life of a process (unlike
+    a wall-clock start time, which moves when the clock is stepped), so (pid, ticks) names one
+    process even after its pid is reused.
+    """
     try:
-        import psutil
-    except ImportError:
-        return []
-    return [(p.pid, p.create_time()) for p in psutil.Process().parents() if p.pid > 1]
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # fields 3… of proc(5); the name may hold spaces
+    return fields[0], int(fields[1]), int(fields[19])
 
 
-def _any_gone(processes: Sequence[Tuple[int, float]]) -> bool:
-    """Whether one of the (pid, start time) processes has ended (a zombie, not yet reaped, has)."""
-    import psutil
-
-    for pid, started in processes:
+def _launchers(pid: Optional[int] = None) -> List[Tuple[int, int]]:
+    """(pid, start ticks) of the processes between this rank and the `horovodrun` that launched it,
+    that launcher included; [] when no horovodrun is among the ancestors (another launcher, a plain
+    process, a rank on a remote host, or no /proc)."""
+    chain: List[Tuple[int, int]] = []
+    stat = _proc_stat(os.getpid() if pid is None else pid)
+    while stat is not None and stat[1] > 1:
+        parent = stat[1]
+        stat = _proc_stat(parent)
+        if stat is None:
+            return []
+        chain.append((parent, stat[2]))
         try:
-            p = psutil.Process(pid)
-            if p.create_time() != started or p.status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
+            with open(f"/proc/{parent}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            return []
+        if any(os.path.basename(a) == b"horovodrun" for a in argv[:2]):  # the script, or python running it
+            return chain
+    return []
+
+
+def _any_gone(processes: Sequence[Tuple[int, int]]) -> bool:
+    """Whether one of the (pid, start ticks) processes has ended (a zombie, not yet reaped, has)."""
+    for pid, started in processes:
+        stat = _proc_stat(pid)
+        if stat is None or stat[2] != started or stat[0] == "Z":
             return True
     return False
 
@@ -69,9 +93,11 @@ def _any_gone(processes: Sequence[Tuple[int, float]]) -> bool:
 class StopSignals:
     """While active, SIGTERM and SIGINT only record their name in `received`; handlers restored on exit.
 
-    A signal that arrives after a process that launched this rank has ended (horovodrun killed
-    with SIGKILL: its helpers then send SIGTERM) is a hard stop: the default action runs at once,
-    as if the whole job had been killed. Installed only in the main thread; elsewhere a no-op.
+    A signal that arrives after the horovodrun that launched this rank, or a process between the
+    two, has ended (horovodrun killed with SIGKILL: its helpers then send SIGTERM) is a hard stop:
+    the default action runs at once, as if the whole job had been killed. Processes above
+    horovodrun (a shell, a login session) are not watched. Installed only in the main thread;
+    elsewhere a no-op.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -79,7 +105,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: Optional[str] = None
         self._previous: Dict[int, object] = {}
-        self._launchers: List[Tuple[int, float]] = []
+        self._launchers: List[Tuple[int, int]] = []
 
     def _handle(self, signum: int, frame: object) -> None:
         if self._launchers and _any_gone(self._launchers):
@@ -90,7 +116,7 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
-            self._launchers = _ancestors()
+            self._launchers = _launchers()
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
@@ -116,15 +142,19 @@ def agree(signalled: bool, failed: bool) -> Tuple[List[int], List[int]]:
             [r for r in range(len(gathered)) if gathered[r, 1]])
 
 
-def raise_on_every_rank(local: Optional[BaseException]) -> NoReturn:
-    """Collective, after `agree` reported a failure: every rank raises the lowest failing rank's error.
+def raise_if_any(local: Optional[BaseException]) -> None:
+    """Collective: return when no rank passed an error; else every rank raises the lowest failing rank's.
 
     That rank re-raises its own exception; the others raise the same PfcError class (TrainingError
-    for anything else) with the message prefixed by `rank r:`.
+    for anything else) with the message prefixed by `rank r:`. Use it around work that may fail on
+    some ranks only, so that no rank is left waiting in the next collective.
     """
     mine = (type(local).__name__, errors.first_line(local)) if local is not None else None
     reports = dist.allgather_object(mine)
-    rank, (kind, message) = next((r, rep) for r, rep in enumerate(reports) if rep is not None)
+    failed = [(r, rep) for r, rep in enumerate(reports) if rep is not None]
+    if not failed:
+        return
+    rank, (kind, message) = failed[0]
     if local is not None and rank == dist.rank():
         raise local
     cls = getattr(errors, kind, None)
@@ -147,12 +177,8 @@ def _pid_namespace() -> str:
 
 def _alive(pid: int) -> bool:
     """Whether process pid (in this pid namespace) still runs (a zombie counts as gone)."""
-    import psutil  # installed with horovod, the only case with peers to watch
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 class RankMonitor:

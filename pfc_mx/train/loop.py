@@ -181,6 +181,11 @@ class Run:
                                                         self.num_classes)
         self.saved_step = self.start_step  # the step of the newest checkpoint (0: nothing to save yet)
         self.nonfinite_steps: List[int] = [int(s) for s in state.get("nonfinite_steps", [])]
+        # corrupt records met before the checkpoint: the run's count, and the current epoch's budget
+        self.loader.corrupt.update(int(i) for i in state.get("corrupt_records", []))
+        epoch, in_epoch = divmod(self.start_step, self.steps_per_epoch)
+        same_epoch = in_epoch > 0 and state.get("epoch") == epoch and state.get("world_size") == world
+        self.resumed_corrupt = [int(i) for i in state.get("corrupt_in_epoch", [])] if same_epoch else []
         self.inject = faults.injected_nonfinite()
         self.loss = float("nan")
         dist.broadcast_parameters(self.net.collect_params(), root=0)
@@ -201,13 +206,14 @@ class Run:
             error: Optional[BaseException] = None
             try:
                 if batches is None or in_epoch == 0:
-                    batches = self.loader.epoch(epoch, start_step=in_epoch)
+                    met = self.resumed_corrupt if step == self.start_step else []
+                    batches = self.loader.epoch(epoch, start_step=in_epoch, met=met)
                 images, labels = next(batches)
             except Exception as e:  # raised below on every rank, so no rank waits in a collective
                 error = e
             signalled, failed = faults.agree(signals.received is not None, error is not None)
             if failed:
-                faults.raise_on_every_rank(error)
+                faults.raise_if_any(error)
             if signalled:
                 return self.preempt(step, signalled, signals.received)
             self.run_step(step, epoch, images, labels)
@@ -274,26 +280,32 @@ class Run:
         if len(self.nonfinite_steps) > allowed:
             kept = (f"the last good checkpoint {self.last_ckpt.name} is kept" if self.last_ckpt
                     else "no checkpoint was saved before it")
-            budget = (f" after {allowed} skipped (optim.skip_nonfinite, steps "
-                      f"{', '.join(map(str, self.nonfinite_steps[:-1]))})" if allowed else "")
+            earlier = self.nonfinite_steps[:-1]
+            budget = (f" after {len(earlier)} skipped (optim.skip_nonfinite {allowed}, steps "
+                      f"{', '.join(map(str, earlier))})" if earlier else "")
             raise TrainingError(f"{what} at step {done}{budget}; {kept}")
         log.warning("skipped step %d: %s; no weight changed (%d of at most %d, optim.skip_nonfinite)",
                     done, what, len(self.nonfinite_steps), allowed)
         self.reporter.skipped(done, epoch, what, len(self.nonfinite_steps))
 
     # ------------------------------------------------------------ checkpoints
-    def corrupt_images(self) -> List[int]:
-        """Collective: the distinct corrupt images every rank skipped so far (image indices)."""
-        return sorted(set().union(*dist.allgather_object(sorted(self.loader.corrupt))))
+    def corrupt_images(self) -> Tuple[List[int], List[int]]:
+        """Collective: the distinct corrupt images all ranks skipped so far, and those of the current
+        epoch (image indices)."""
+        gathered = dist.allgather_object((sorted(self.loader.corrupt), self.loader.epoch_corrupt))
+        return (sorted(set().union(*(run for run, _ in gathered))),
+                sorted(set().union(*(now for _, now in gathered))))
 
     def save(self, done: int, lr: float) -> None:
         """Collective: checkpoint the state after `done` steps."""
-        corrupt = self.corrupt_images()
+        corrupt, in_epoch = self.corrupt_images()
         state = {"step": done, "epoch": done // self.steps_per_epoch, "step_in_epoch": done % self.steps_per_epoch,
                  "lr": lr, "seed": self.cfg.seed, "world_size": dist.size(), "num_classes": self.num_classes,
                  "embedding_size": self.cfg.model.embedding_size, "model": self.cfg.model.name,
                  "sample_rate": self.cfg.partial_fc.sample_rate, "config_hash": self.cfg.digest(),
-                 "loss": self.loss, "corrupt_images": len(corrupt), "nonfinite_steps": self.nonfinite_steps}
+                 "loss": self.loss, "corrupt_images": len(corrupt), "corrupt_records": corrupt,
+                 "corrupt_in_epoch": in_epoch if done % self.steps_per_epoch else [],
+                 "nonfinite_steps": self.nonfinite_steps}
         self.last_ckpt = checkpoint.save(self.out / "checkpoints", done, state, self.net, self.trainer,
                                          self.pfc.get_shard(), self.cfg.output.keep, save_backbone)
         self.saved_step = done
@@ -315,7 +327,7 @@ class Run:
     # ------------------------------------------------------------ the end
     def summary(self, steps: int, **extra: Any) -> Dict[str, Any]:
         """Collective: what the run did, the same on every rank."""
-        corrupt = self.corrupt_images()
+        corrupt, _ = self.corrupt_images()
         if corrupt:
             keys = ", ".join(str(self.loader.dataset.keys[i]) for i in corrupt[:10])
             log.warning("skipped %d corrupt image(s) of %s (records %s%s)", len(corrupt), self.loader.dataset.path,
@@ -334,35 +346,28 @@ class Run:
 
 def resume(cfg: Config, out: Path, net: gluon.HybridBlock, trainer: gluon.Trainer, pfc: PartialFC,
            num_classes: int) -> Tuple[int, Dict[str, Any], Optional[Path]]:
-    """Load the checkpoint named by output.resume: (step to continue from, its state, its folder).
+    """Load the checkpoint output.resume names: (step to continue from, its state, its folder).
 
-    (0, {}, None) for a fresh start. With `auto`, rank 0 picks the newest checkpoint that verifies,
-    says which newer ones it skipped and why, and removes folders of interrupted saves.
+    (0, {}, None) for a fresh start. Rank 0 chooses and verifies the checkpoint (see
+    _choose_checkpoint); every rank then loads its part. An error on any rank stops every rank.
     """
-    if cfg.output.resume == "none":
+    choice: Tuple[str, Dict[str, Any]] = ("", {})
+    error: Optional[BaseException] = None
+    if dist.rank() == 0:
+        try:
+            choice = _choose_checkpoint(cfg, out / "checkpoints", num_classes)
+        except Exception as e:  # raised on every rank below
+            error = e
+    faults.raise_if_any(error)
+    path, state = dist.broadcast_object(choice, root=0)
+    if not path:
         return 0, {}, None
-    if cfg.output.resume == "auto":
-        path = dist.broadcast_object(_find_auto(out / "checkpoints") if dist.rank() == 0 else "", root=0)
-        if not path:
-            return 0, {}, None
-    else:
-        path = cfg.output.resume
     folder = Path(path)
-    state = checkpoint.verify(folder)
-    for key, have in (("num_classes", num_classes), ("embedding_size", cfg.model.embedding_size),
-                      ("model", cfg.model.name)):
-        if state.get(key) != have:
-            raise ConfigError(f"cannot resume from {folder}: it has {key} = {state.get(key)!r}, "
-                              f"the config has {have!r}")
-    loaded = load_backbone(str(folder / checkpoint.BACKBONE_PREFIX), cfg.model.name,
-                           embedding_size=cfg.model.embedding_size, dropout=cfg.model.dropout,
-                           bn_mom=cfg.model.bn_mom, bn_eps=cfg.model.bn_eps)
-    # both nets come from get_model with the same options: their parameters line up in order
-    for p, q in zip(net.collect_params().values(), loaded.collect_params().values()):
-        p.set_data(q.data())
-    checkpoint.load_trainer_states(folder, trainer)
-    weight, momentum = checkpoint.load_centers(folder, pfc.class_start, pfc.num_local, cfg.model.embedding_size)
-    pfc.set_rows(pfc.class_start, weight, momentum)
+    try:
+        _load(folder, cfg, net, trainer, pfc)
+    except Exception as e:
+        error = e
+    faults.raise_if_any(error)
     step = int(state["step"])
     pfc.set_step(step)
     if state.get("world_size") != dist.size():
@@ -372,16 +377,49 @@ def resume(cfg: Config, out: Path, net: gluon.HybridBlock, trainer: gluon.Traine
     return step, state, folder
 
 
-def _find_auto(root: Path) -> str:
-    """Rank 0's part of `resume: auto`: the folder to resume from ('' for none), with the fallback said."""
-    checkpoint.remove_incomplete(root)
-    found = checkpoint.find_resumable(root)
-    if found is None:
-        if root.is_dir() and any(checkpoint.STEP_DIR.match(p.name) for p in root.iterdir()):
+def _choose_checkpoint(cfg: Config, root: Path, num_classes: int) -> Tuple[str, Dict[str, Any]]:
+    """Rank 0's part of resume: (folder, its verified state), or ('', {}) for a fresh start.
+
+    `auto` removes folders of interrupted saves and takes the newest checkpoint that verifies,
+    saying which newer ones it skipped and why; `none` starts fresh; anything else is a folder.
+    Step folders newer than the chosen step (damaged ones, or a later history) are moved into
+    checkpoints/set-aside/, so that `auto` never picks them later and pruning never counts them.
+    """
+    folder: Optional[Path] = None
+    state: Dict[str, Any] = {}
+    if cfg.output.resume == "auto":
+        checkpoint.remove_incomplete(root)
+        found = checkpoint.find_resumable(root)
+        if found is not None:
+            folder, state = found.path, found.state
+            if found.skipped:
+                log.warning("falling back to %s: newer checkpoint(s) %s did not verify", found.path.name,
+                            ", ".join(p.name for p, _ in found.skipped))
+        elif checkpoint.step_folders(root):
             log.warning("no checkpoint in %s verifies: starting from step 0", root)
-        return ""
-    if found.skipped:
-        log.warning("falling back to %s: newer checkpoint(s) %s did not verify", found.path.name,
-                    ", ".join(p.name for p, _ in found.skipped))
-        checkpoint.point_latest(root, found.path)
-    return str(found.path)
+    elif cfg.output.resume != "none":
+        folder = Path(cfg.output.resume)
+        state = checkpoint.verify(folder)
+    if folder is not None:
+        for key, have in (("num_classes", num_classes), ("embedding_size", cfg.model.embedding_size),
+                          ("model", cfg.model.name)):
+            if state.get(key) != have:
+                raise ConfigError(f"cannot resume from {folder}: it has {key} = {state.get(key)!r}, "
+                                  f"the config has {have!r}")
+    if checkpoint.set_aside_newer(root, int(state.get("step", 0))):
+        remaining = checkpoint.step_folders(root)
+        checkpoint.point_latest(root, remaining[-1][1] if remaining else None)
+    return (str(folder) if folder else "", state)
+
+
+def _load(folder: Path, cfg: Config, net: gluon.HybridBlock, trainer: gluon.Trainer, pfc: PartialFC) -> None:
+    """This rank's part of resume: backbone, backbone optimizer state and its center rows from folder."""
+    loaded = load_backbone(str(folder / checkpoint.BACKBONE_PREFIX), cfg.model.name,
+                           embedding_size=cfg.model.embedding_size, dropout=cfg.model.dropout,
+                           bn_mom=cfg.model.bn_mom, bn_eps=cfg.model.bn_eps)
+    # both nets come from get_model with the same options: their parameters line up in order
+    for p, q in zip(net.collect_params().values(), loaded.collect_params().values()):
+        p.set_data(q.data())
+    checkpoint.load_trainer_states(folder, trainer)
+    weight, momentum = checkpoint.load_centers(folder, pfc.class_start, pfc.num_local, cfg.model.embedding_size)
+    pfc.set_rows(pfc.class_start, weight, momentum)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from pfc_mx import dist
 
@@ -66,12 +67,21 @@ class Reporter:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def _truncate_after(self, step: int) -> None:
-        """Drop records past `step` (a resumed run repeats them)."""
+        """Drop records past `step` (a resumed run repeats them) and, with a warning, lines that do
+        not parse (a write cut short by a full disk). The file is replaced atomically; a failure is
+        logged, not raised (only rank 0 gets here)."""
         if not self.metrics_path.exists():
             return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+        try:
+            records, bad = _records(self.metrics_path.read_text())
+            keep = [line for line, record in records if record.get("step", 0) <= step]
+            if bad:
+                log.warning("%s: dropped %d line(s) that do not parse (a write cut short)", self.metrics_path, bad)
+            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.metrics_path)
+        except OSError as e:
+            log.warning("could not rewrite %s: %s; records past step %d stay in it", self.metrics_path, e, step)
 
     def _append(self, record: Dict[str, Any]) -> None:
         """Append one record; a failed write (disk full) is logged, not raised: only rank 0 writes
@@ -130,10 +140,24 @@ class Reporter:
             plot_curves(self.metrics_path, plot_path)
 
 
+def _records(text: str) -> Tuple[List[Tuple[str, Dict[str, Any]]], int]:
+    """(line, record) of each metrics line that parses as a JSON object, and how many did not."""
+    good, bad = [], 0
+    for line in filter(str.strip, text.splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            good.append((line, record))
+        else:
+            bad += 1
+    return good, bad
+
+
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl; a line cut short (a full disk) is left out."""
+    return [record for _, record in _records(path.read_text())[0]] if path.exists() else []
 
 
 def plot_curves(metrics_path: Path, png: Path) -> None:
