@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -295,6 +296,20 @@ def test_rank_monitor_names_a_dead_peer_and_exits_even_without_a_collective(tmp_
         monitor.stop()
         peer.kill()
     assert monitor.lost_ranks() == {1: "its process is gone (exited or killed)"}
+
+
+def test_a_peer_that_dies_while_the_monitor_waits_is_named_as_gone(tmp_path):
+    """A killed rank's sockets close before the kernel has turned it into a zombie: the first look
+    at the process table may still see it running, so the monitor looks again after its wait."""
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    monitor = faults.RankMonitor(tmp_path, peers=[_peer(os.getpid()), _peer(peer.pid)], rank=0)
+    killer = threading.Timer(0.1, peer.kill)
+    killer.start()
+    try:
+        assert monitor.lost_ranks(wait_s=1.0) == {1: "its process is gone (exited or killed)"}
+    finally:
+        killer.join()
+        peer.wait()
 
 
 def test_rank_monitor_names_a_peer_whose_heartbeat_stopped(tmp_path, monkeypatch, capsys):

@@ -255,16 +255,22 @@ class RankMonitor:
         return beats
 
     def lost_ranks(self, wait_s: Optional[float] = None) -> Dict[int, str]:
-        """{rank: why} of the lost peers: gone same-host processes, else heartbeats unchanged over wait_s."""
+        """{rank: why} of the lost peers: gone same-host processes, else heartbeats unchanged over wait_s.
+
+        A killed peer's connections close while the kernel still tears the process down (it shows
+        as running until it becomes a zombie), so the process table is read again after the wait.
+        """
         gone = self._gone_local()
-        if gone:
-            return {r: "its process is gone (exited or killed)" for r in gone}
-        wait_s = 2.5 * self.interval_s if wait_s is None else wait_s
-        before = self._beats()
-        time.sleep(wait_s)
-        after = self._beats()
-        return {r: f"no heartbeat for {wait_s:.1f} s (frozen, or its host is down)"
-                for r in after if r != self.rank and (after[r] is None or after[r] == before[r])}
+        if not gone:
+            wait_s = 2.5 * self.interval_s if wait_s is None else wait_s
+            before = self._beats()
+            time.sleep(wait_s)
+            after = self._beats()
+            gone = self._gone_local()
+            if not gone:
+                return {r: f"no heartbeat for {wait_s:.1f} s (frozen, or its host is down)"
+                        for r in after if r != self.rank and (after[r] is None or after[r] == before[r])}
+        return {r: "its process is gone (exited or killed)" for r in gone}
 
     def fail(self, cause: str) -> NoReturn:
         """Log which ranks are lost and why, then end this process with EXIT_RANK_LOST."""
