@@ -210,8 +210,13 @@ def test_launchers_are_the_chain_up_to_horovodrun_and_nothing_above(tmp_path):
     try:
         deadline, leaf = time.time() + 20, None
         while leaf is None and time.time() < deadline:
-            below = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-                     if p.cmdline()[:2] == [sys.executable, "-c"]]
+            below = []
+            for p in psutil.Process(launcher.pid).children(recursive=True):
+                try:
+                    if p.cmdline()[:2] == [sys.executable, "-c"]:
+                        below.append(p)
+                except psutil.Error:  # a process that is just starting or ending
+                    pass
             leaf = below[0].pid if below else None
             time.sleep(0.05)
         chain = faults._launchers(leaf)
@@ -226,7 +231,7 @@ def test_launchers_are_the_chain_up_to_horovodrun_and_nothing_above(tmp_path):
 def test_any_gone_sees_exit_zombie_and_pid_reuse():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     state, ppid, ticks = faults._proc_stat(child.pid)
-    assert ppid == os.getpid() and state in "RS"
+    assert ppid == os.getpid() and state != "Z"
     assert not faults._any_gone([(child.pid, ticks)])
     assert faults._any_gone([(child.pid, ticks + 1)])  # same pid, another start: another process
     child.kill()
