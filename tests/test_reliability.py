@@ -317,6 +317,20 @@ def test_a_peer_that_dies_while_the_monitor_waits_is_named_as_gone(tmp_path):
         peer.wait()
 
 
+@pytest.mark.parametrize("message, lost", [
+    ("Traceback (most recent call last):\n  File \"Read error [127.0.0.1]\", line 28038\n"
+     "MXNetError: Connection reset by peer", True),  # Gloo saw the peer's socket close (seen in a real run)
+    ("Horovod has been shut down. This was caused by an exception on one of the ranks", True),
+    ("Check failed: shape mismatch (4, 3) vs (4, 5)", False),  # a bug, not a lost peer: keeps its traceback
+])
+def test_peer_lost_recognises_failed_collectives_only(monkeypatch, message, lost):
+    import mxnet as mx
+    monkeypatch.setattr(faults.dist, "size", lambda: 2)
+    assert faults.peer_lost(mx.base.MXNetError(message)) is lost
+    monkeypatch.setattr(faults.dist, "size", lambda: 1)
+    assert not faults.peer_lost(mx.base.MXNetError(message))
+
+
 def test_rank_monitor_names_a_peer_whose_heartbeat_stopped(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(faults, "_exit", lambda code: sys.exit(code))
     (tmp_path / "rank1").write_text("7\n")  # a peer on another host that stopped beating

@@ -163,9 +163,16 @@ def raise_if_any(local: Optional[BaseException]) -> None:
     raise cls(f"rank {rank}: {message}")
 
 
+# What a failed collective says: Horovod's shutdown ("Horovod has been shut down"), or Gloo's transport
+# reporting the broken connection itself ('File "Read error [127.0.0.1]" ... Connection reset by peer').
+PEER_LOST_MARKERS = ("horovod", "gloo", "connection reset", "connection closed", "connection refused",
+                     "broken pipe", "read error", "write error", "timed out")
+
+
 def peer_lost(error: BaseException) -> bool:
-    """True when an MXNet error comes from a Horovod collective that failed (a peer died or froze)."""
-    return dist.size() > 1 and "horovod" in str(error).lower()
+    """True when an MXNet error comes from a collective that failed (a peer died or froze)."""
+    text = str(error).lower()
+    return dist.size() > 1 and any(marker in text for marker in PEER_LOST_MARKERS)
 
 
 def _pid_namespace() -> str:
