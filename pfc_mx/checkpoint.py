@@ -73,7 +73,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write text to path through a temporary file; on failure path is untouched and no temporary is left."""
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -164,11 +164,11 @@ def save(root: Path, step: int, state: Dict[str, Any], net: Any, trainer: Any,
         for _, s in results:
             files.update(s)
         try:
-            _write_atomic(tmp / "state.json", json.dumps({**state, "files": files}, indent=1, sort_keys=True))
+            write_atomic(tmp / "state.json", json.dumps({**state, "files": files}, indent=1, sort_keys=True))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _write_atomic(root / "latest", final.name + "\n")
+            write_atomic(root / "latest", final.name + "\n")
             _prune(root, step, keep)
         except Exception as e:
             errors.append(f"could not complete checkpoint {final.name}: {_reason(e, root)}")
@@ -283,11 +283,11 @@ def point_latest(root: Path, folder: Optional[Path]) -> None:
     latest = Path(root) / "latest"
     try:
         if folder is not None:
-            _write_atomic(latest, Path(folder).name + "\n")
+            write_atomic(latest, Path(folder).name + "\n")
         elif latest.exists():
             latest.unlink()
     except OSError as e:
-        log.warning("could not update %s: %s", Path(root) / "latest", e)
+        log.warning("could not update %s: %s", latest, e)
 
 
 def load_centers(folder: Path, class_start: int, num_local: int, dim: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,11 @@ def _reset_peak_rss() -> None:
         pass
 
 
+def head_budget_bytes(num_local: int, sampled: int, dim: int, batch: int) -> int:
+    """Float32 bytes one rank's head may grow by: centers + momentum (2·C·D) + 2 × (S·D + N·S) working set."""
+    return 4 * (2 * num_local * dim + 2 * (sampled * dim + batch * sampled))
+
+
 def worker(args: argparse.Namespace) -> None:
     """One configuration in this process (one rank); writes rank<r>.json into args.out."""
     import mxnet as mx
@@ -99,7 +104,7 @@ def worker(args: argparse.Namespace) -> None:
     head(0)
     growth = (_status_kib("VmHWM") - rss0) * 1024
     s = len(pfc.last_index)
-    budget = (2 * pfc.num_local * d + 2 * (s * d + n * s)) * 4
+    budget = head_budget_bytes(pfc.num_local, s, d, n)
     # operands of the bare products: the shard's own rows as W, fresh G and outputs
     xs = mx.nd.array(np.random.default_rng(3).standard_normal((n, d)).astype(np.float32))
     w = pfc.weight[:s] if s else None

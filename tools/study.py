@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 from pfc_mx.errors import ConfigError, DatasetError, TrainingError  # noqa: E402
 from pfc_mx.plan import GiB, MiB, fits, sampled_centers  # noqa: E402
 from tools._cli import run_cli  # noqa: E402
+from tools.bench_pfc import head_budget_bytes, launch, merge  # noqa: E402
 
 STUDIES = ("rate", "noise", "cost")
 DEFAULT_SEEDS = {"rate": (0, 1, 2), "noise": (0, 1)}  # each study about 15-20 minutes on 2 cores
@@ -245,8 +246,7 @@ def predicted_head_bytes(classes: int, rate: float, dim: int, batch: int) -> int
     The budget tools/bench_pfc.py measures against; S is the worst case (every sample of the
     batch a distinct positive), pfc_mx.plan.sampled_centers.
     """
-    s = sampled_centers(classes, rate, batch)
-    return 4 * (2 * classes * dim + 2 * (s * dim + batch * s))
+    return head_budget_bytes(classes, sampled_centers(classes, rate, batch), dim, batch)
 
 
 def available_bytes() -> int:
@@ -272,7 +272,6 @@ def fit_verdict(predicted: int, limit: int, headroom: float) -> Tuple[bool, str]
 
 def run_cost_study(args: argparse.Namespace) -> Dict[str, Any]:
     """Study c: one fresh process per (C, rate) that fits; rows with prediction, verdict and measurement."""
-    from tools.bench_pfc import launch, merge
 
     bench = argparse.Namespace(dim=args.dim, batch=args.batch, steps=args.steps)
     configs = [(c, r) for c in args.classes for r in sorted(args.rates, reverse=True)]

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from pfc_mx import dist
+from pfc_mx.checkpoint import write_atomic
 
 log = logging.getLogger("pfc_mx.train")
 
@@ -77,9 +77,7 @@ class Reporter:
             keep = [line for line, record in records if record.get("step", 0) <= step]
             if bad:
                 log.warning("%s: dropped %d line(s) that do not parse (a write cut short)", self.metrics_path, bad)
-            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, self.metrics_path)
+            write_atomic(self.metrics_path, "".join(line + "\n" for line in keep))
         except OSError as e:
             log.warning("could not rewrite %s: %s; records past step %d stay in it", self.metrics_path, e, step)
 
