@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 
 setup:
 	@bash scripts/setup.sh
+	@$(PY) -m pfc_mx.kernels build > /dev/null || echo "[setup] fused kernels unavailable: the Partial FC head uses stock MXNet operators"
 
 demo: setup
 	@$(PY) tools/demo.py $(DEMO_ARGS)

@@ -64,6 +64,7 @@ class LossConfig:
 class PartialFCConfig:
     sample_rate: float = 1.0
     centers_on: str = "device"  # "device" or "host"
+    kernels: str = "auto"       # "auto" (fused on CPU), "fused" or "stock": see pfc_mx.partial_fc
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ _CHECKS: Dict[Tuple[str, str], Tuple[Any, str]] = {
     ("loss", "interclass_filtering_threshold"): (lambda v: 0 <= v < 1, "in [0, 1) (0 disables)"),
     ("partial_fc", "sample_rate"): (lambda v: 0 < v <= 1, "in (0, 1]"),
     ("partial_fc", "centers_on"): (lambda v: v in ("device", "host"), "'device' or 'host'"),
+    ("partial_fc", "kernels"): (lambda v: v in ("auto", "fused", "stock"), "'auto', 'fused' or 'stock'"),
     ("data", "num_classes"): (_non_negative, ">= 0"),
     ("data", "batch_size"): (_positive, "> 0"),
     ("data", "num_workers"): (_non_negative, ">= 0"),

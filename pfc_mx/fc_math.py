@@ -5,7 +5,7 @@ Usage::
     xn, xnorm = normalize_rows(x)                       # (N, D), (N,)
     wnorm = row_norms(w_sampled)                        # (S,): centers stay unnormalised
     lse = local_log_normalizer(logits, probs)           # softmax into probs, (N,) log Σ exp
-    lse_all = combine_log_normalizers(lse_max, sum_exp) # after allreduce(max) / allreduce(sum)
+    lse_all = combine_log_normalizers(lse_ranks)        # (W, N) gathered from every rank → (N,)
     dx = normalize_backward(dxn, xn, xnorm)             # gradient through x / ‖x‖
 
 No function here talks to other ranks: PartialFC calls them between its
@@ -62,9 +62,10 @@ def local_log_normalizer(logits: mx.nd.NDArray, probs: mx.nd.NDArray) -> mx.nd.N
     return mx.nd.pick(logits, top, axis=1) - mx.nd.log(mx.nd.pick(probs, top, axis=1))
 
 
-def combine_log_normalizers(lse_max: mx.nd.NDArray, sum_exp: mx.nd.NDArray) -> mx.nd.NDArray:
-    """Global log Σ exp from max_r lse_r and Σ_r exp(lse_r − max_r lse_r), both (N,)."""
-    return lse_max + mx.nd.log(sum_exp)
+def combine_log_normalizers(lse_ranks: mx.nd.NDArray) -> mx.nd.NDArray:
+    """Global log Σ exp (N,) from every rank's local one, (W, N): max_r + log Σ_r exp(lse_r − max_r)."""
+    top = mx.nd.max(lse_ranks, axis=0)
+    return top + mx.nd.log(mx.nd.sum(mx.nd.exp(mx.nd.broadcast_sub(lse_ranks, top.reshape((1, -1)))), axis=0))
 
 
 def softmax_ce_loss(lse: mx.nd.NDArray, target_logit: mx.nd.NDArray) -> mx.nd.NDArray:

@@ -28,20 +28,30 @@ with every stored range, or with this shard's own range); ``set_step(step)``
 restores the sampling stream. Initial centers are N(0, 0.01) per global class
 (pfc_mx.shard), identical for any world size.
 
+Two implementations of the same math, chosen by ``kernels`` (default: the
+PFC_MX_KERNELS environment variable, else "auto"):
+- "fused" (auto on CPU): the operators of pfc_mx.kernels (C++, built once per
+  machine). One pass gathers the used rows already normalised, one pass does
+  margin + softmax + log-normaliser, one makes dL/dcos and the center-norm
+  term r, and the update assembles each row's gradient inside its own pass;
+  around them only the three matrix products.
+- "stock" (GPUs, or when the kernels cannot be built): stock MXNet operators.
+  Centers are never normalised into a copy: their norms ν come from one
+  reading pass and 1/ν is folded into the (N, S) matrices.
+Both are tested against the same references and against each other.
+
 Memory per rank: weight + momentum (num_local × D float32 each; ``centers_on=
 "host"`` keeps them in host memory and moves only the used rows), plus a
-workspace reused across steps: one S × D buffer (the gathered rows when
-sampling or on the host, overwritten in place by the center gradient; with
-every row used on-device the centers are read where they are and the buffer
-only takes the gradient), N × S logits and N × S probabilities (which become
-the logit gradient); a further N × S with inter-class filtering. Centers are
-never normalised into a copy: their norms ν come from one reading pass and
-1/ν is folded into the (N, S) matrices. Embeddings may be float16; all
-softmax math is float32.
+workspace reused across steps: one S × D buffer (the used rows, later the
+center gradient), N × S logits and N × S probabilities (which become the
+logit gradient); on the stock path a further N × S with inter-class
+filtering, and with every row used on-device the centers are read where they
+are. Embeddings may be float16; all softmax math is float32.
 """
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
@@ -49,6 +59,7 @@ import numpy as np
 
 from pfc_mx import dist
 from pfc_mx import fc_math as fm
+from pfc_mx import kernels as pfc_kernels
 from pfc_mx.margin import get_margin, keep_mask, target_logit_and_derivative
 from pfc_mx.shard import init_center_rows, plan_step, shard_range, step_rng
 
@@ -69,7 +80,8 @@ class PartialFC:
 
     def __init__(self, num_classes: int, embedding_size: int, margin: Union[str, Sequence[float]] = (1.0, 0.5, 0.0),
                  scale: float = 64.0, sample_rate: float = 1.0, interclass_filtering_threshold: float = 0.0,
-                 ctx: Optional[mx.Context] = None, seed: int = 0, centers_on: str = "device") -> None:
+                 ctx: Optional[mx.Context] = None, seed: int = 0, centers_on: str = "device",
+                 kernels: Optional[str] = None) -> None:
         if num_classes < 1 or embedding_size < 1:
             raise ValueError(f"need num_classes >= 1 and embedding_size >= 1, got {num_classes}, {embedding_size}")
         if not 0 < sample_rate <= 1:
@@ -80,6 +92,9 @@ class PartialFC:
             raise ValueError(f"centers_on must be 'device' or 'host', got {centers_on!r}")
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
+        kernels = kernels if kernels is not None else os.environ.get("PFC_MX_KERNELS", "auto")
+        if kernels not in ("auto", "fused", "stock"):
+            raise ValueError(f"kernels (or PFC_MX_KERNELS) must be 'auto', 'fused' or 'stock', got {kernels!r}")
         self.num_classes, self.embedding_size = int(num_classes), int(embedding_size)
         self.margin = get_margin(margin)
         self.scale, self.sample_rate = float(scale), float(sample_rate)
@@ -88,19 +103,32 @@ class PartialFC:
         self.world, self.rank = dist.size(), dist.rank()
         self.ctx = ctx if ctx is not None else dist.context()
         self.store_ctx = mx.cpu() if centers_on == "host" else self.ctx
+        self.fused = self._use_fused(kernels)
         self.class_start, self.num_local = shard_range(self.num_classes, self.world, self.rank)
         self.weight = _zeros((self.num_local, self.embedding_size), self.store_ctx)
         self.momentum = _zeros((self.num_local, self.embedding_size), self.store_ctx)
         for lo, hi, rows in init_center_rows(self.class_start, self.num_local, self.embedding_size, self.seed):
             self.weight[lo:hi]._sync_copyfrom(rows)  # straight into the view: no temporary NDArray per block
         self.last_index: Optional[np.ndarray] = None   # (S,) local rows used by the last step
-        self.last_grad: Optional[mx.nd.NDArray] = None  # (S, D) dL/d weight[last_index], until the next call
+        self._last_grad: Optional[mx.nd.NDArray] = None
         self._step = 0
-        self._pending: Optional[Tuple[Optional[mx.nd.NDArray], Optional[mx.nd.NDArray]]] = None
+        self._pending: Optional[Dict[str, Any]] = None
         self._ws: Dict[str, Any] = {}
         log.debug("rank %d: classes [%d, %d) of %d, D %d, sample rate %g, centers on %s", self.rank,
                   self.class_start, self.class_start + self.num_local, self.num_classes, self.embedding_size,
                   self.sample_rate, self.store_ctx)
+
+    def _use_fused(self, kernels: str) -> bool:
+        """Fused CPU kernels (pfc_mx.kernels) when asked or available; stock operators on GPUs."""
+        if kernels == "stock" or (self.ctx.device_type != "cpu" and kernels == "auto"):
+            return False
+        if self.ctx.device_type != "cpu" or self.store_ctx.device_type != "cpu":
+            raise ValueError("kernels='fused' needs CPU contexts; the fused kernels have no GPU version")
+        if pfc_kernels.load():
+            return True
+        if kernels == "fused":
+            raise RuntimeError(f"kernels='fused' but they cannot be loaded: {pfc_kernels.unavailable_reason()}")
+        return False
 
     # ------------------------------------------------------------------ state
     def set_step(self, step: int) -> None:
@@ -129,6 +157,19 @@ class PartialFC:
             self.momentum[dst] = np.asarray(momentum, dtype=np.float32)[src]
         return hi - lo
 
+    @property
+    def last_grad(self) -> Optional[mx.nd.NDArray]:
+        """(S, D) dL/d weight[last_index] of the last forward_backward; None after step() (or before any step).
+
+        The fused path never writes this array during training (the update combines
+        its parts in its own pass); it is assembled here on first access.
+        """
+        if self._last_grad is None and self._pending is not None and "parts" in self._pending:
+            grad, a, b = self._pending["parts"]
+            w = mx.nd.take(self.weight, self._pending["index"])
+            self._last_grad = mx.nd.broadcast_mul(grad, a.reshape((-1, 1))) + mx.nd.broadcast_mul(w, b.reshape((-1, 1)))
+        return self._last_grad
+
     # --------------------------------------------------------------- one step
     def forward_backward(self, embeddings: mx.nd.NDArray, labels: Any) -> Tuple[float, mx.nd.NDArray]:
         """Global mean loss (same on every rank) and its gradient w.r.t. embeddings (B, D), same dtype.
@@ -144,28 +185,34 @@ class PartialFC:
         x_all = dist.allgather(embeddings.as_in_context(self.ctx), name="pfc_mx.pfc.embeddings")
         if x_all.dtype != np.float32:
             x_all = x_all.astype("float32")
+        xn, xnorm = fm.normalize_rows(x_all)  # queued first: runs while the host plans the step
         rng = step_rng(self.seed, self.rank, self._step) if self.sample_rate < 1 else None
         plan = plan_step(all_labels, self.class_start, self.num_local, self.sample_rate, rng)
         self._step += 1
-        xn, xnorm = fm.normalize_rows(x_all)
         local = self._local_forward(plan, xn, n)
-        lse_max = dist.allreduce(local["lse"], op="max", name="pfc_mx.pfc.lse_max")
-        sum_exp, target = dist.grouped_allreduce([mx.nd.exp(local["lse"] - lse_max), local["target"]], op="sum",
-                                                   name="pfc_mx.pfc.softmax_sums")
-        lse = fm.combine_log_normalizers(lse_max, sum_exp)
-        loss = float(fm.softmax_ce_loss(lse, target).asscalar())
+        # one collective for both softmax sums: every rank's (log-normaliser, target logit) rows
+        parts = dist.allgather(mx.nd.stack(local["lse"], local["target"]).reshape((1, 2, n)),
+                               name="pfc_mx.pfc.softmax_parts")
+        lse, target = fm.combine_log_normalizers(parts[:, 0]), mx.nd.sum(parts[:, 1], axis=0)
+        loss = fm.softmax_ce_loss(lse, target)
         dxn = dist.allreduce(self._local_backward(local, lse, xn, n), op="sum", name="pfc_mx.pfc.embedding_grad")
         rows = slice(self.rank * b, (self.rank + 1) * b)
         grad = fm.normalize_backward(dxn[rows], xn[rows], xnorm[rows])
-        return loss, grad.astype(embeddings.dtype, copy=False)
+        # read the loss last: the backward is queued by then and runs while Python waits
+        return float(loss.asscalar()), grad.astype(embeddings.dtype, copy=False)
 
     def step(self, lr: float, momentum: float = 0.9, wd: float = 5e-4) -> None:
         """SGD (MXNet semantics) on the rows used by the last forward_backward; other rows untouched."""
         if self._pending is None:
             raise RuntimeError("PartialFC.step() needs a forward_backward() first")
-        index, grad = self._pending
-        self._pending = None
+        pending, self._pending, self._last_grad = self._pending, None, None
+        index, grad = pending["index"], pending["grad"]
         if grad is None:
+            return
+        if "parts" in pending:  # fused: gradient assembled inside the update's pass
+            _, a, b = pending["parts"]
+            mx.nd.pfc_sparse_sgd(self.weight, grad, self.momentum, index, a, b, lr=float(lr),
+                                 momentum=float(momentum or 0.0), wd=float(wd), out=self.weight)
             return
         kw = dict(lr=float(lr), wd=float(wd), rescale_grad=1.0)
         if momentum:
@@ -229,7 +276,7 @@ class PartialFC:
             ws = {"key": key, "rows": mx.nd.empty((s, self.embedding_size), ctx=ctx),
                   "wnorm": mx.nd.empty((s,), ctx=ctx), "logits": mx.nd.empty((n, s), ctx=ctx),
                   "probs": mx.nd.empty((n, s), ctx=ctx)}
-            if self.threshold > 0:
+            if self.threshold > 0 and not self.fused:
                 ws["keep"] = mx.nd.empty((n, s), ctx=ctx)
             self._ws = ws
         return self._ws
@@ -251,12 +298,14 @@ class PartialFC:
             self.last_index = plan.index
         elif self.last_index is None or len(self.last_index) != self.num_local:
             self.last_index = np.arange(self.num_local, dtype=np.int64)
-        self.last_grad = None
+        self._last_grad = None
         out: Dict[str, Any] = {"s": s, "plan": plan, "target": mx.nd.zeros((n,), ctx=self.ctx)}
         if s == 0:
             out["lse"] = mx.nd.full((n,), LOWEST, ctx=self.ctx)
             return out
         ws = self._workspace(n, s)
+        if self.fused:
+            return self._fused_forward(plan, xn, n, ws, out)
         out["w"] = w = self._used_rows(plan.index, ws)
         wnorm = fm.row_norms(w, out=ws["wnorm"])
         logits = mx.nd.dot(xn * self.scale, w, transpose_b=True, out=ws["logits"])
@@ -284,8 +333,10 @@ class PartialFC:
         plan, s = local["plan"], local["s"]
         index = None if plan.index is None else mx.nd.array(plan.index, ctx=self.store_ctx, dtype="int64")
         if s == 0:
-            self._pending = (index, None)
+            self._pending = {"index": index, "grad": None}
             return mx.nd.zeros((n, self.embedding_size), ctx=self.ctx)
+        if self.fused:
+            return self._fused_backward(local, lse, xn, n)
         ws, w = local["ws"], local["w"]
         logits, probs, wnorm = ws["logits"], ws["probs"], ws["wnorm"]
         # off the targets dL/dcos = g·P (P: local softmax, g: this rank's share of the row · s/N); the row
@@ -309,6 +360,61 @@ class PartialFC:
             targets = fm.target_center_terms(dcos_t, xn, local["rows"], local["cos_t"], cols)
         probs_t = mx.nd.transpose(probs, out=logits.reshape((s, n)))  # logits are spent: P'ᵀ (S, N) goes there
         # the gradient overwrites the gathered rows (dead after this) or fills the buffer when w is the weight
-        self.last_grad = fm.weight_grad_into(ws["rows"], w, wnorm, probs_t, xn * g.reshape((n, 1)), r, targets)
-        self._pending = (index, self.last_grad)
+        self._last_grad = fm.weight_grad_into(ws["rows"], w, wnorm, probs_t, xn * g.reshape((n, 1)), r, targets)
+        self._pending = {"index": index, "grad": self._last_grad}
+        return dxn
+
+    def _fused_forward(self, plan: Any, xn: mx.nd.NDArray, n: int, ws: Dict[str, mx.nd.NDArray],
+                       out: Dict[str, Any]) -> Dict[str, Any]:
+        """_local_forward with the fused kernels: normalised rows gathered in one pass, margin and softmax in one.
+
+        Unlike the stock path the used centers are always copied, normalised, into
+        ws["rows"] (at rate 1 the stock path reads the weight in place instead), so
+        the (N, S) logits need no division.
+        """
+        s = plan.num_rows
+        if plan.index is not None:
+            idx = mx.nd.array(plan.index, ctx=self.ctx, dtype="int64")
+        else:  # every row, kept with the workspace
+            idx = ws.get("all_rows")
+            if idx is None:
+                idx = ws["all_rows"] = mx.nd.arange(self.num_local, ctx=self.ctx, dtype="int64")
+        out["index"] = idx
+        rows, wnorm = mx.nd.pfc_gather_normalize(self.weight, idx, out=[ws["rows"], ws["wnorm"]])
+        logits = mx.nd.dot(xn * self.scale, rows, transpose_b=True, out=ws["logits"])  # s·cos
+        has = plan.local_labels >= 0
+        out["tcol"] = mx.nd.array(plan.local_labels, ctx=self.ctx, dtype="int64")     # -1: not in this shard
+        # every row gets a target logit (rows without a target here read column 0; the kernels ignore them)
+        cos_t = mx.nd.pick(logits, mx.nd.array(np.where(has, plan.local_labels, 0), ctx=self.ctx, dtype="int64"),
+                           axis=1)
+        out["cos_t"] = cos_t = cos_t / self.scale
+        f, out["dlogit_t"] = target_logit_and_derivative(cos_t, self.margin)
+        out["logit_t"] = f * self.scale
+        lse, rowmax = mx.nd.empty((n,), ctx=self.ctx), mx.nd.empty((n,), ctx=self.ctx)
+        mx.nd.pfc_margin_softmax(logits, out["tcol"], out["logit_t"], filter=self.threshold > 0,
+                                 threshold=self.threshold * self.scale, out=[ws["probs"], lse, rowmax])
+        out.update(lse=lse, rowmax=rowmax, ws=ws, wnorm=wnorm,
+                   target=out["logit_t"] * mx.nd.array(has, ctx=self.ctx, dtype="float32"))
+        return out
+
+    def _fused_backward(self, local: Dict[str, Any], lse: mx.nd.NDArray, xn: mx.nd.NDArray,
+                        n: int) -> mx.nd.NDArray:
+        """_local_backward with the fused kernels: one pass makes dL/dcos (N, S) and r; the update folds the rest.
+
+        With D = dL/dcos and ŵ = w / ν: dxn = D·ŵ and dL/dw = (Dᵀ·xn − r ŵ) / ν,
+        r = Σ_i D·cos; the product Dᵀ·xn goes to ws["rows"] (ŵ is spent by then)
+        and step() applies a = 1/ν, b = −r/ν² to it and to the raw rows.
+        """
+        ws, wnorm = local["ws"], local["wnorm"]
+        per_row = self.scale / n
+        rowscale = mx.nd.exp(local["rowmax"] - lse) * per_row               # D = rowscale · expo off the target
+        dtarget = local["dlogit_t"] * (mx.nd.exp(local["logit_t"] - lse) - 1) * per_row
+        r = mx.nd.empty((local["s"],), ctx=self.ctx)
+        dcos, _ = mx.nd.pfc_softmax_grad(ws["logits"], ws["probs"], rowscale, local["tcol"], dtarget,
+                                         local["cos_t"], scale=self.scale, filter=self.threshold > 0,
+                                         threshold=self.threshold * self.scale, out=[ws["probs"], r])
+        dxn = mx.nd.dot(dcos, ws["rows"])
+        grad = mx.nd.linalg.gemm2(dcos, xn, transpose_a=True, out=ws["rows"])
+        inv = 1.0 / wnorm
+        self._pending = {"index": local["index"], "grad": grad, "parts": (grad, inv, -r * inv * inv)}
         return dxn

@@ -62,15 +62,15 @@ def launch(args: List[str], np_: int = 2, timeout: float = 300, cwd: Path = ROOT
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
-def run_ranks(case: str, outdir: Path, np_: int = 2, timeout: float = 300,
+def run_ranks(case: str, outdir: Path, np_: int = 2, timeout: float = 300, env: Optional[Dict[str, str]] = None,
               **kwargs: Any) -> List[Dict[str, np.ndarray]]:
-    """Run a case of tests.dist_cases on np_ ranks; return each rank's saved arrays in rank order."""
+    """Run a case of tests.dist_cases on np_ ranks (env: extra environment); return each rank's arrays in order."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "tests.dist_cases", case, str(outdir)]
     if kwargs:
         args.append(json.dumps(kwargs))
-    proc = launch(args, np_=np_, timeout=timeout)
+    proc = launch(args, np_=np_, timeout=timeout, env=env)
     results = []
     for r in range(np_):
         path = outdir / f"rank{r}.npz"

@@ -8,7 +8,7 @@ from tools import bench_pfc
 
 def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
     assert bench_pfc.main(["--classes", "3000", "--rates", "1.0,0.1", "--worlds", "1", "--dim", "16",
-                           "--batch", "8", "--steps", "1"]) == 0
+                           "--batch", "8", "--steps", "1", "--seconds", "0.05"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\| 1 \| 3,000 \|", line)]
     assert len(rows) == 2
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
@@ -18,3 +18,4 @@ def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
         assert float(c[4]) > 0 and float(c[5]) > 0 and float(c[6]) > 0  # head ms, matmul ms, ratio
         update, rest = float(c[11]), float(c[12])  # the update's share of the head, the rest / matmul
         assert 0 < update < float(c[4]) and 0 < rest < float(c[6])
+        assert int(c[13]) >= 1  # timed steps: --steps, or more while they fit in --seconds

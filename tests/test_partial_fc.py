@@ -14,6 +14,16 @@ from pfc_mx.partial_fc import PartialFC
 from tests.dist_cases.partial_fc import CONFIGS, global_batch, run_head
 from tests.ranks import run_ranks
 
+IMPLEMENTATIONS = ["fused", "stock"]
+
+
+@pytest.fixture(autouse=True, params=IMPLEMENTATIONS)
+def kernels(request, monkeypatch):
+    """Every test runs on both implementations of the head (PartialFC reads PFC_MX_KERNELS)."""
+    monkeypatch.setenv("PFC_MX_KERNELS", request.param)
+    return request.param
+
+
 MARGINS = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.4), "combined": (0.9, 0.4, 0.15)}
 
 
@@ -279,9 +289,11 @@ def test_bad_input_raises_value_error():
 
 
 # ---------------------------------------------------------------- 2 ranks
-@pytest.fixture(scope="module")
-def two_rank_heads(tmp_path_factory):
-    return run_ranks("partial_fc_heads", tmp_path_factory.mktemp("pfc"), timeout=300)
+@pytest.fixture(scope="module", params=IMPLEMENTATIONS)
+def two_rank_heads(request, tmp_path_factory):
+    """Results of 2 ranks with either implementation; each is compared with one process of both."""
+    return run_ranks("partial_fc_heads", tmp_path_factory.mktemp("pfc"), timeout=300,
+                     env={"PFC_MX_KERNELS": request.param})
 
 
 @pytest.mark.dist

@@ -1,12 +1,14 @@
 """Partial FC head: step time against its bare matrix products, and peak memory growth.
 
-    python tools/bench_pfc.py [--classes 100000,1000000] [--rates 1.0,0.1] [--worlds 1,2] [--steps 3]
+    python tools/bench_pfc.py [--classes 100000,1000000] [--rates 1.0,0.1] [--worlds 1,2] [--steps 3] [--seconds 3]
 
 For every (world size, C, sample rate) a fresh process (``horovodrun -np 2`` for
 world 2) builds a PartialFC (D = --dim, global batch N = --batch) and measures:
 
 - head: one training step of the head, ``forward_backward`` + ``step`` (mean of
-  --steps after one warm-up step), and of it the ``step`` alone (update: the
+  the timed steps after one warm-up step: at least --steps, more while they fit
+  in --seconds, at most 100; every rank runs the same number), and of it the
+  ``step`` alone (update: the
   SGD-momentum pass over the used center rows, which the products leave out);
 - matmul: the three plain products that step needs at the same shapes on this
   rank, logits X·Wᵀ (N×D·D×S), dX = G·W and dW = Gᵀ·X (the faster of dot and
@@ -77,11 +79,12 @@ def worker(args: argparse.Namespace) -> None:
     b = n // world
     rng = np.random.default_rng([1, rank])
     x = mx.nd.array(rng.standard_normal((b, d)).astype(np.float32))
-    labels = [mx.nd.array(np.random.default_rng([2, step]).integers(0, c, n)[rank * b:(rank + 1) * b])
-              for step in range(args.steps + 1)]
+    def labels(step: int) -> mx.nd.NDArray:
+        return mx.nd.array(np.random.default_rng([2, step]).integers(0, c, n)[rank * b:(rank + 1) * b])
+
     # one-time runtime costs (OpenMP threads, BLAS buffers, operator set-up) are paid by a tiny head first
     tiny = PartialFC(1000 * world, d, sample_rate=args.rates[0], seed=0)
-    tiny.forward_backward(x, labels[0] % (1000 * world))
+    tiny.forward_backward(x, labels(0) % (1000 * world))
     tiny.step(0.1, momentum=0.9, wd=5e-4)
     del tiny
     mx.nd.waitall()
@@ -92,8 +95,9 @@ def worker(args: argparse.Namespace) -> None:
 
     def head(step: int) -> Tuple[float, float]:
         """(seconds of forward_backward + step, seconds of step alone)."""
+        y = labels(step)
         t = time.perf_counter()
-        pfc.forward_backward(x, labels[step])
+        pfc.forward_backward(x, y)
         mx.nd.waitall()
         u = time.perf_counter()
         pfc.step(0.1, momentum=0.9, wd=5e-4)
@@ -101,7 +105,7 @@ def worker(args: argparse.Namespace) -> None:
         end = time.perf_counter()
         return end - t, end - u
 
-    head(0)
+    warm, _ = head(0)
     growth = (_status_kib("VmHWM") - rss0) * 1024
     s = len(pfc.last_index)
     budget = head_budget_bytes(pfc.num_local, s, d, n)
@@ -129,8 +133,10 @@ def worker(args: argparse.Namespace) -> None:
         return best
 
     products()
+    slowest = max(dist.allgather_object(warm))  # the same step count on every rank
+    steps = max(args.steps, min(100, int(args.seconds / max(slowest, 1e-6))))
     heads, updates, mats = [], [], []
-    for step in range(1, args.steps + 1):
+    for step in range(1, steps + 1):
         dist.barrier()
         total, update = head(step)
         heads.append(total)
@@ -138,7 +144,7 @@ def worker(args: argparse.Namespace) -> None:
         dist.barrier()
         mats.append(products())
     result = {"world": world, "rank": rank, "classes": c, "rate": args.rates[0], "num_local": pfc.num_local,
-              "sampled": s, "head_s": float(np.mean(heads)),
+              "sampled": s, "steps": steps, "head_s": float(np.mean(heads)),
               "update_s": float(np.mean(updates)), "matmul_s": float(np.mean(mats)),
               "growth_bytes": growth, "budget_bytes": budget}
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(result))
@@ -148,7 +154,8 @@ def worker(args: argparse.Namespace) -> None:
 def launch(world: int, classes: int, rate: float, args: argparse.Namespace, out: Path) -> List[Dict]:
     """Run one configuration in a fresh process (or two ranks); return the per-rank results."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--classes", str(classes), "--rates", str(rate),
-           "--dim", str(args.dim), "--batch", str(args.batch), "--steps", str(args.steps), "--out", str(out)]
+           "--dim", str(args.dim), "--batch", str(args.batch), "--steps", str(args.steps),
+           "--seconds", str(args.seconds), "--out", str(out)]
     threads = max(1, (os.cpu_count() or 1) // world)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     if world > 1:
@@ -163,7 +170,7 @@ def launch(world: int, classes: int, rate: float, args: argparse.Namespace, out:
 def table(rows: List[Dict]) -> str:
     """Markdown table; one line per (world, C, rate) with the slowest rank's times and largest memory."""
     head = ("| ranks | C | rate | S per rank | head ms | matmul ms | head / matmul | rate 1 / this | "
-            "memory growth MiB | budget MiB | growth / budget | update ms | (head − update) / matmul |")
+            "memory growth MiB | budget MiB | growth / budget | update ms | (head − update) / matmul | timed steps |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     full = {(r["world"], r["classes"]): r["head_s"] for r in rows if r["rate"] == 1.0}
     for r in rows:
@@ -172,7 +179,8 @@ def table(rows: List[Dict]) -> str:
                      f"| {1e3 * r['matmul_s']:.1f} | {r['head_s'] / r['matmul_s']:.2f} | "
                      f"{(speedup / r['head_s']) if speedup else float('nan'):.1f} | {r['growth_bytes'] / MIB:.0f} | "
                      f"{r['budget_bytes'] / MIB:.0f} | {r['growth_bytes'] / r['budget_bytes']:.2f} | "
-                     f"{1e3 * r['update_s']:.1f} | {(r['head_s'] - r['update_s']) / r['matmul_s']:.2f} |")
+                     f"{1e3 * r['update_s']:.1f} | {(r['head_s'] - r['update_s']) / r['matmul_s']:.2f} | "
+                     f"{r['steps']} |")
     return "\n".join(lines)
 
 
@@ -200,7 +208,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--worlds", type=_ints, default=[1, 2], help="comma-separated world sizes (horovodrun -np)")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--batch", type=int, default=256, help="global batch N")
-    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step, at least")
+    p.add_argument("--seconds", type=float, default=3.0,
+                   help="more timed steps (up to 100) while the warm-up step's time says they fit in this")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

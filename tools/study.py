@@ -273,7 +273,7 @@ def fit_verdict(predicted: int, limit: int, headroom: float) -> Tuple[bool, str]
 def run_cost_study(args: argparse.Namespace) -> Dict[str, Any]:
     """Study c: one fresh process per (C, rate) that fits; rows with prediction, verdict and measurement."""
 
-    bench = argparse.Namespace(dim=args.dim, batch=args.batch, steps=args.steps)
+    bench = argparse.Namespace(dim=args.dim, batch=args.batch, steps=args.steps, seconds=0.0)
     configs = [(c, r) for c in args.classes for r in sorted(args.rates, reverse=True)]
     progress, rows = Progress(len(configs), "cost"), []
     for classes, rate in configs:

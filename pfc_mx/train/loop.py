@@ -175,7 +175,8 @@ class Run:
         self.pfc = PartialFC(self.num_classes, cfg.model.embedding_size, margin=cfg.loss.margins,
                              scale=cfg.loss.scale, sample_rate=cfg.partial_fc.sample_rate,
                              interclass_filtering_threshold=cfg.loss.interclass_filtering_threshold,
-                             ctx=ctx, seed=cfg.seed, centers_on=cfg.partial_fc.centers_on)
+                             ctx=ctx, seed=cfg.seed, centers_on=cfg.partial_fc.centers_on,
+                             kernels=cfg.partial_fc.kernels)
 
         self.start_step, state, self.last_ckpt = resume(cfg, out, self.net, self.trainer, self.pfc,
                                                         self.num_classes)

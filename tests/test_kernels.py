@@ -1,0 +1,223 @@
+"""pfc_mx.kernels: each fused operator against a float64 NumPy reference or MXNet's own operator, and the build."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from pfc_mx import kernels
+from pfc_mx.partial_fc import PartialFC
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def loaded():
+    """The kernels must build on every machine the suite runs on (setup installs g++): fail, never skip."""
+    assert kernels.load(), kernels.unavailable_reason()
+
+
+def effective_logits(x, target, target_logit, threshold):
+    """float64 logits as the softmax sees them: target entries replaced, filtered entries 0."""
+    eff = x.astype(np.float64)
+    if threshold is not None:
+        eff[eff > threshold] = 0.0
+    rows = np.flatnonzero(target >= 0)
+    eff[rows, target[rows]] = target_logit[rows]
+    return eff
+
+
+def test_gather_normalize_equals_numpy_and_rejects_bad_rows():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((300, 37)).astype(np.float32)
+    w[5] = 0.0  # a zero row: norm sqrt(1e-10), row stays 0
+    index = np.array([5, 299, 0, 17, 17, 123], np.int64)  # unsorted, repeated
+    rows, norm = mx.nd.pfc_gather_normalize(mx.nd.array(w), mx.nd.array(index, dtype="int64"))
+    ref_norm = np.sqrt((w[index].astype(np.float64) ** 2).sum(1) + 1e-10)
+    np.testing.assert_allclose(norm.asnumpy(), ref_norm, rtol=1e-6)
+    np.testing.assert_allclose(rows.asnumpy(), w[index] / ref_norm[:, None], rtol=1e-6, atol=1e-7)
+    with pytest.raises(mx.base.MXNetError, match=r"index 300 at position 1 is outside \[0, 300\)"):
+        mx.nd.pfc_gather_normalize(mx.nd.array(w), mx.nd.array([2, 300], dtype="int64"))[0].wait_to_read()
+
+
+@pytest.mark.parametrize("threshold", [None, 9.0])
+def test_margin_softmax_equals_float64_softmax(threshold):
+    rng = np.random.default_rng(1)
+    n, s = 9, 1000
+    x = (rng.uniform(-1, 1, (n, s)) * 64).astype(np.float32)
+    x[2, :] = -64.0  # exp of every other entry far below the target's
+    target = np.array([3, -1, 999, 0, 500, -1, 7, 7, 998], np.int64)
+    target_logit = (rng.uniform(-1, 1, n) * 64).astype(np.float32)
+    target_logit[2] = 64.0
+    e, lse, rowmax = mx.nd.pfc_margin_softmax(mx.nd.array(x), mx.nd.array(target, dtype="int64"),
+                                              mx.nd.array(target_logit), filter=threshold is not None,
+                                              threshold=threshold or 0.0)
+    eff = effective_logits(x, target, target_logit, threshold)
+    m = eff.max(1)
+    np.testing.assert_array_equal(rowmax.asnumpy(), m.astype(np.float32))
+    # exp of the float32 difference (the rounding of x - m is the input's, not the kernel's); exp(-87) is the floor
+    diff = (eff.astype(np.float32) - m[:, None].astype(np.float32)).astype(np.float64)
+    np.testing.assert_allclose(e.asnumpy(), np.maximum(np.exp(diff), np.exp(-87.0)), rtol=2e-7, atol=1e-44)
+    np.testing.assert_allclose(lse.asnumpy(), m + np.log(np.exp(eff - m[:, None]).sum(1)), rtol=1e-6)
+
+
+def test_margin_softmax_exp_is_accurate_over_the_whole_range_and_keeps_nan():
+    z = -np.linspace(0, 87, 200001).astype(np.float32)
+    x = np.stack([z, z])
+    x[1, 100] = np.nan
+    e, lse, _ = mx.nd.pfc_margin_softmax(mx.nd.array(x), mx.nd.array([-1, -1], dtype="int64"), mx.nd.zeros((2,)))
+    ref = np.exp(z.astype(np.float64))
+    assert (np.abs(e.asnumpy()[0] - ref) / ref).max() < 2e-7
+    assert np.isfinite(lse.asnumpy()[0]) and np.isnan(lse.asnumpy()[1])  # a NaN logit makes its row NaN
+
+
+@pytest.mark.parametrize("threshold", [None, 5.0])
+def test_softmax_grad_equals_numpy_in_place(threshold):
+    rng = np.random.default_rng(2)
+    n, s, scale = 7, 513, 8.0
+    x = (rng.uniform(-1, 1, (n, s)) * scale).astype(np.float32)
+    e = rng.random((n, s)).astype(np.float32)
+    target = np.array([0, -1, 512, 256, 256, 3, -1], np.int64)
+    rowscale, dtarget, cos_t = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    grad_buffer = mx.nd.array(e)
+    g, r = mx.nd.pfc_softmax_grad(mx.nd.array(x), grad_buffer, mx.nd.array(rowscale),
+                                  mx.nd.array(target, dtype="int64"), mx.nd.array(dtarget), mx.nd.array(cos_t),
+                                  scale=scale, filter=threshold is not None, threshold=threshold or 0.0,
+                                  out=[grad_buffer, mx.nd.empty((s,))])
+    ref = rowscale[:, None].astype(np.float64) * e
+    cos = x / np.float64(scale)
+    if threshold is not None:
+        ref[x > threshold] = 0.0
+    rows = np.flatnonzero(target >= 0)
+    ref[rows, target[rows]] = dtarget[rows]
+    cos[rows, target[rows]] = cos_t[rows]
+    np.testing.assert_allclose(grad_buffer.asnumpy(), ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(r.asnumpy(), (ref * cos).sum(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_sparse_sgd_is_bit_identical_to_mxnet_lazy_update(momentum):
+    rng = np.random.default_rng(3)
+    c, d, s = 400, 24, 37
+    w = rng.standard_normal((c, d)).astype(np.float32)
+    m = rng.standard_normal((c, d)).astype(np.float32)
+    grad = rng.standard_normal((s, d)).astype(np.float32)
+    index = np.sort(rng.choice(c, s, replace=False)).astype(np.int64)
+    idx = mx.nd.array(index, dtype="int64")
+    kw = dict(lr=0.07, wd=5e-4)
+    ours_w, ours_m = mx.nd.array(w), mx.nd.array(m)
+    # a = 0.5 on a doubled gradient and b = 0: the same gradient, exactly
+    mx.nd.pfc_sparse_sgd(ours_w, mx.nd.array(grad * 2), ours_m, idx, mx.nd.full((s,), 0.5), mx.nd.zeros((s,)),
+                         momentum=momentum, out=ours_w, **kw)
+    ref_w, ref_m = mx.nd.array(w), mx.nd.array(m)
+    rsp = mx.nd.sparse.row_sparse_array((mx.nd.array(grad), idx), shape=(c, d))
+    if momentum:
+        mx.nd.sgd_mom_update(ref_w, rsp, ref_m, out=ref_w, momentum=momentum, rescale_grad=1.0, lazy_update=True, **kw)
+    else:
+        mx.nd.sgd_update(ref_w, rsp, out=ref_w, rescale_grad=1.0, lazy_update=True, **kw)
+    np.testing.assert_array_equal(ours_w.asnumpy(), ref_w.asnumpy())
+    np.testing.assert_array_equal(ours_m.asnumpy(), ref_m.asnumpy())
+    untouched = np.setdiff1d(np.arange(c), index)
+    np.testing.assert_array_equal(ours_w.asnumpy()[untouched], w[untouched])
+
+
+def test_sparse_sgd_assembles_the_gradient_from_its_parts():
+    rng = np.random.default_rng(4)
+    c, d, s = 50, 16, 8
+    w = rng.standard_normal((c, d)).astype(np.float32)
+    grad = rng.standard_normal((s, d)).astype(np.float32)
+    a, b = rng.random(s).astype(np.float32), rng.standard_normal(s).astype(np.float32)
+    index = rng.choice(c, s, replace=False).astype(np.int64)
+    out_w, out_m = mx.nd.array(w), mx.nd.zeros((c, d))
+    mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, mx.nd.array(index, dtype="int64"), mx.nd.array(a),
+                         mx.nd.array(b), lr=0.1, momentum=0.9, wd=0.0, out=out_w)
+    g = a[:, None].astype(np.float64) * grad + b[:, None] * w[index]
+    np.testing.assert_allclose(out_m.asnumpy()[index], -0.1 * g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out_w.asnumpy()[index], w[index] - 0.1 * g, rtol=1e-5, atol=1e-6)
+    with pytest.raises(mx.base.MXNetError, match="outside"):
+        mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, mx.nd.array(index + c, dtype="int64"),
+                             mx.nd.array(a), mx.nd.array(b), lr=0.1, out=out_w).wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match="attribute lr must be a finite number, got 'nan'"):
+        mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, mx.nd.array(index, dtype="int64"),
+                             mx.nd.array(a), mx.nd.array(b), lr=float("nan"), out=out_w).wait_to_read()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+def test_fused_head_equals_stock_head_over_sampled_steps(threshold):
+    """The two implementations of PartialFC on the same batches: losses, gradients and centers agree."""
+    rng = np.random.default_rng(5)
+    batches = [(rng.standard_normal((48, 64)).astype(np.float32), rng.integers(0, 3000, 48)) for _ in range(3)]
+    runs = {}
+    for impl in ("fused", "stock"):
+        pfc = PartialFC(3000, 64, margin=(0.9, 0.4, 0.15), scale=32.0, sample_rate=0.2,
+                        interclass_filtering_threshold=threshold, seed=3, kernels=impl)
+        assert pfc.fused == (impl == "fused")
+        out = []
+        for x, y in batches:
+            loss, grad = pfc.forward_backward(mx.nd.array(x), mx.nd.array(y))
+            out.append((loss, grad.asnumpy(), pfc.last_grad.asnumpy()))
+            pfc.step(0.2, momentum=0.9, wd=5e-4)
+            assert pfc.last_grad is None
+        runs[impl] = out, pfc.weight.asnumpy(), pfc.momentum.asnumpy()
+    (fused, w_f, m_f), (stock, w_s, m_s) = runs["fused"], runs["stock"]
+    for (lf, gf, cf), (ls, gs, cs) in zip(fused, stock):
+        assert abs(lf - ls) <= 1e-5 * abs(ls)
+        np.testing.assert_allclose(gf, gs, rtol=1e-4, atol=1e-5 * np.abs(gs).max())
+        np.testing.assert_allclose(cf, cs, rtol=1e-4, atol=1e-5 * np.abs(cs).max())
+    np.testing.assert_allclose(w_f, w_s, rtol=1e-5, atol=1e-5 * np.abs(w_s).max())
+    np.testing.assert_allclose(m_f, m_s, rtol=1e-4, atol=1e-5 * np.abs(m_s).max())
+
+
+@pytest.mark.parametrize("impl", ["fused", "stock"])
+def test_nan_embedding_gives_nan_loss(impl):
+    pfc = PartialFC(40, 8, sample_rate=0.5, kernels=impl)
+    x = np.ones((4, 8), np.float32)
+    x[2, 3] = np.nan
+    loss, _ = pfc.forward_backward(mx.nd.array(x), mx.nd.array([0, 1, 2, 3]))
+    assert np.isnan(loss)
+
+
+def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_concurrent_first_builds_compile_once_and_both_load(tmp_path):
+    env = {"PFC_MX_CACHE": str(tmp_path)}
+    code = "from pfc_mx import kernels; assert kernels.load(), kernels.unavailable_reason(); print(kernels.build())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    paths = {out.strip() for out, _ in outs}
+    assert len(paths) == 1
+    built = list((tmp_path / "kernels").glob("*.so"))
+    assert [str(p) for p in built] == list(paths)  # one library, no temporary left behind
+    mtime = built[0].stat().st_mtime_ns
+    again = run_python(code, env)
+    assert again.returncode == 0 and built[0].stat().st_mtime_ns == mtime  # cached: not rebuilt
+
+
+def test_without_a_compiler_auto_falls_back_and_fused_says_why(tmp_path):
+    result = run_python("""
+        import logging; logging.basicConfig(level=logging.WARNING)
+        from pfc_mx.partial_fc import PartialFC
+        from pfc_mx import kernels
+        assert PartialFC(10, 4).fused is False
+        print("reason:", kernels.unavailable_reason())
+        try:
+            PartialFC(10, 4, kernels="fused")
+        except RuntimeError as e:
+            print("fused:", e)
+        """, {"PFC_MX_CACHE": str(tmp_path), "CXX": "no-such-compiler", "PFC_MX_KERNELS": "auto"})
+    assert result.returncode == 0, result.stderr
+    assert "reason: no C++ compiler ('no-such-compiler' not on PATH" in result.stdout
+    assert "fused: kernels='fused' but they cannot be loaded: no C++ compiler" in result.stdout
+    assert "using stock MXNet operators" in result.stderr
