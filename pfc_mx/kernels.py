@@ -166,6 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "path":
             print(library_path())
             return 0
+        if not library_path().is_file():
+            print("pfc_mx.kernels: compiling the fused Partial FC kernels (about 10 s)", file=sys.stderr)
         path = build()
     except (KernelBuildError, OSError) as exc:
         print(f"pfc_mx.kernels: {exc}", file=sys.stderr)
