@@ -194,6 +194,12 @@ def test_stop_signals_only_record_and_restore_the_handlers():
     assert signal.getsignal(signal.SIGTERM) is before
     with faults.StopSignals() as signals:
         signals.hold()
+        # at once, not only after the block: a launcher's follow-up SIGTERM while the rank closes down
+        # must not reach the handler (which would take the ended launcher for a hard stop: exit 143)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN == signal.getsignal(signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert signals.received is None
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN == signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGTERM, before)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -226,6 +232,28 @@ def test_launchers_are_the_chain_up_to_horovodrun_and_nothing_above(tmp_path):
         launcher.kill()
         launcher.wait()
     assert faults._any_gone(chain)  # the launcher is gone
+
+
+def test_a_helper_gone_under_a_live_horovodrun_is_a_normal_stop_and_a_gone_horovodrun_a_hard_one(monkeypatch):
+    """When horovodrun stops a job itself it signals its helpers and the ranks together: a helper that
+    ended first must not turn the preemption into a kill (seen in CI as exit 143 instead of 75)."""
+    killed = []
+    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: killed.append(sig))
+    before = signal.getsignal(signal.SIGTERM)
+    helper = subprocess.Popen([sys.executable, "-c", "pass"])
+    ticks = faults._proc_stat(helper.pid)[2]
+    helper.wait()
+    alive = (os.getpid(), faults._proc_stat(os.getpid())[2])
+    try:
+        signals = faults.StopSignals()
+        signals._launchers = [(helper.pid, ticks), alive]  # the chain ends with horovodrun: here alive
+        signals._handle(signal.SIGTERM, None)
+        assert signals.received == "SIGTERM" and killed == []
+        signals._launchers = [alive, (helper.pid, ticks)]  # horovodrun gone: the default action, at once
+        signals._handle(signal.SIGTERM, None)
+        assert killed == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_any_gone_sees_exit_zombie_and_pid_reuse():

@@ -93,11 +93,13 @@ def _any_gone(processes: Sequence[Tuple[int, int]]) -> bool:
 class StopSignals:
     """While active, SIGTERM and SIGINT only record their name in `received`; handlers restored on exit.
 
-    A signal that arrives after the horovodrun that launched this rank, or a process between the
-    two, has ended (horovodrun killed with SIGKILL: its helpers then send SIGTERM) is a hard stop:
-    the default action runs at once, as if the whole job had been killed. Processes above
-    horovodrun (a shell, a login session) are not watched. Installed only in the main thread;
-    elsewhere a no-op.
+    A signal that arrives after the horovodrun that launched this rank has ended (horovodrun killed
+    with SIGKILL: its helpers then send SIGTERM) is a hard stop: the default action runs at once, as
+    if the whole job had been killed. The helper processes between horovodrun and the rank are not
+    watched: when a live horovodrun stops a job (Ctrl-C, or a rank that ended) it signals helpers
+    and ranks together, and a helper that is already gone must not turn that normal stop into a
+    kill without checkpoint. Processes above horovodrun (a shell, a login session) are not
+    watched either. Installed only in the main thread; elsewhere a no-op.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -108,7 +110,7 @@ class StopSignals:
         self._launchers: List[Tuple[int, int]] = []
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self._launchers and _any_gone(self._launchers):
+        if self._launchers and _any_gone(self._launchers[-1:]):  # horovodrun itself
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
@@ -127,8 +129,15 @@ class StopSignals:
 
     def hold(self) -> None:
         """Ignore SIGTERM and SIGINT from now on, also after the block: the run stopped after a
-        preemption checkpoint, and a launcher's follow-up signal must not change the exit code."""
+        preemption checkpoint, and a launcher's follow-up signal must not change the exit code.
+
+        At once, not only when the block ends: when the first rank leaves, horovodrun ends the
+        others' launcher processes and signals them again, which the handler would take for a
+        hard stop (seen as exit 143 instead of 75 on a rank still closing down).
+        """
         self._previous = {s: signal.SIG_IGN for s in self._previous}
+        for s in self._previous:
+            signal.signal(s, signal.SIG_IGN)
 
 
 def agree(signalled: bool, failed: bool) -> Tuple[List[int], List[int]]:
