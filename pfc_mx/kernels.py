@@ -142,7 +142,7 @@ def load() -> bool:
         mx.library.load(str(path), verbose=False)
     except (KernelBuildError, OSError, mx.base.MXNetError) as exc:
         _state["reason"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("fused Partial FC kernels unavailable, using stock MXNet operators: %s", _state["reason"])
+        log.warning("fused Partial FC kernels unavailable, using stock MXNet operators: %s", str(exc).strip())
         return False
     missing = [name for name in OPERATORS if not hasattr(mx.nd, name)]
     if missing:

@@ -159,7 +159,7 @@ class PartialFC:
 
     @property
     def last_grad(self) -> Optional[mx.nd.NDArray]:
-        """(S, D) dL/d weight[last_index] of the last forward_backward; None after step() (or before any step).
+        """(S, D) dL/d weight[last_index] of the last forward_backward; None before it and after step().
 
         The fused path never writes this array during training (the update combines
         its parts in its own pass); it is assembled here on first access.
@@ -331,12 +331,12 @@ class PartialFC:
                         n: int) -> mx.nd.NDArray:
         """dL/d xn (N, D) of this rank's logits; the center gradient goes to last_grad and the pending update."""
         plan, s = local["plan"], local["s"]
-        index = None if plan.index is None else mx.nd.array(plan.index, ctx=self.store_ctx, dtype="int64")
         if s == 0:
-            self._pending = {"index": index, "grad": None}
+            self._pending = {"index": None, "grad": None}
             return mx.nd.zeros((n, self.embedding_size), ctx=self.ctx)
         if self.fused:
             return self._fused_backward(local, lse, xn, n)
+        index = None if plan.index is None else mx.nd.array(plan.index, ctx=self.store_ctx, dtype="int64")
         ws, w = local["ws"], local["w"]
         logits, probs, wnorm = ws["logits"], ws["probs"], ws["wnorm"]
         # off the targets dL/dcos = g·P (P: local softmax, g: this rank's share of the row · s/N); the row

@@ -37,7 +37,6 @@
 
 #include "mxnet/lib_api.h"
 
-using mxnet::ext::MXContext;
 using mxnet::ext::MXReturnValue;
 using mxnet::ext::MXTensor;
 using mxnet::ext::OpResource;
@@ -61,7 +60,10 @@ float attr_float(const Attrs& attrs, const char* key, float fallback) {
   return whole && std::isfinite(value) ? value : std::numeric_limits<float>::quiet_NaN();
 }
 
-MXReturnValue fail(const std::string& msg);
+MXReturnValue fail(const std::string& msg) {
+  MX_ERROR_MSG << msg;
+  return mxnet::ext::MX_FAIL;
+}
 
 // every named attribute parsed to a finite float, else a failure naming the first bad one
 bool finite_attrs(const char* op, const Attrs& attrs, std::initializer_list<const char*> keys) {
@@ -118,11 +120,6 @@ int threads() {
     return std::max(1, omp_get_num_procs() / ranks);
   }();
   return count;
-}
-
-MXReturnValue fail(const std::string& msg) {
-  MX_ERROR_MSG << msg;
-  return mxnet::ext::MX_FAIL;
 }
 
 // ---------------------------------------------------------------- gather_normalize
