@@ -6,7 +6,7 @@
 
     python -m pfc_mx.kernels build     # what `make setup` runs: compile now, print the library path
 
-The C++ source (pfc_mx/csrc/pfc_kernels.cc, its header comment defines the four
+The C++ source (pfc_mx/csrc/pfc_kernels.cc, its header comment defines the
 operators) is compiled with g++ against the lib_api files that the installed
 MXNet wheel ships, for this machine's CPU (-march=native), into
 ``${PFC_MX_CACHE:-~/.cache/pfc_mx}/kernels/``. The file name carries a hash of
@@ -44,7 +44,8 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "pfc_kernels.cc"
 # RTLD_GLOBAL library exports (Horovod's MXNet extension does; loading crashed without it).
 # -ffp-contract=off: the update rounds as MXNet's sgd_mom_update does (bit-identical rows).
 FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-Wl,-Bsymbolic"]
-OPERATORS = ("pfc_gather_normalize", "pfc_margin_softmax", "pfc_softmax_grad", "pfc_sparse_sgd")
+OPERATORS = ("pfc_gather_normalize", "pfc_margin_softmax", "pfc_softmax_loss", "pfc_softmax_grad",
+             "pfc_normalize_grad", "pfc_sparse_sgd")
 
 _state = {"loaded": False, "reason": None}
 

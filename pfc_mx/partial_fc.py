@@ -191,13 +191,18 @@ class PartialFC:
         self._step += 1
         local = self._local_forward(plan, xn, n)
         # one collective for both softmax sums: every rank's (log-normaliser, target logit) rows
-        parts = dist.allgather(mx.nd.stack(local["lse"], local["target"]).reshape((1, 2, n)),
-                               name="pfc_mx.pfc.softmax_parts")
-        lse, target = fm.combine_log_normalizers(parts[:, 0]), mx.nd.sum(parts[:, 1], axis=0)
-        loss = fm.softmax_ce_loss(lse, target)
+        parts = dist.allgather(local["parts"].reshape((1, 2, n)), name="pfc_mx.pfc.softmax_parts")
+        if self.fused:
+            lse, loss = mx.nd.pfc_softmax_loss(parts)
+        else:
+            lse = fm.combine_log_normalizers(parts[:, 0])
+            loss = fm.softmax_ce_loss(lse, mx.nd.sum(parts[:, 1], axis=0))
         dxn = dist.allreduce(self._local_backward(local, lse, xn, n), op="sum", name="pfc_mx.pfc.embedding_grad")
+        if "center_grad" in local:  # queued after the all-reduce: the product runs while the ranks exchange dxn
+            local["center_grad"]()
         rows = slice(self.rank * b, (self.rank + 1) * b)
-        grad = fm.normalize_backward(dxn[rows], xn[rows], xnorm[rows])
+        backward = mx.nd.pfc_normalize_grad if self.fused else fm.normalize_backward
+        grad = backward(dxn[rows], xn[rows], xnorm[rows])
         # read the loss last: the backward is queued by then and runs while Python waits
         return float(loss.asscalar()), grad.astype(embeddings.dtype, copy=False)
 
@@ -240,19 +245,19 @@ class PartialFC:
     def _gather_labels(self, b: int, d: int, y: np.ndarray) -> np.ndarray:
         """All ranks' labels (N,) in rank order.
 
-        Each rank sends (B, D, number of labels, labels); every check runs on the
-        gathered data, so a bad input on one rank raises ValueError on every rank
-        instead of leaving the others waiting in a collective.
+        Each rank sends (B, D, number of labels, fused kernels or not, labels); every
+        check runs on the gathered data, so a bad input on one rank raises ValueError
+        on every rank instead of leaving the others waiting in a collective.
         """
-        packed = dist.allgather(mx.nd.array(np.concatenate([[b, d, len(y)], y]), dtype="int32"),
-                                name="pfc_mx.pfc.labels")
+        header = [b, d, len(y), int(self.fused)]
+        packed = dist.allgather(mx.nd.array(np.concatenate([header, y]), dtype="int32"), name="pfc_mx.pfc.labels")
         packed = packed.asnumpy().astype(np.int64)
-        headers, parts, pos = [], [], 0
+        headers, parts, pos, k = [], [], 0, len(header)
         for _ in range(self.world):
-            headers.append(tuple(int(v) for v in packed[pos:pos + 3]))
-            parts.append(packed[pos + 3:pos + 3 + headers[-1][2]])
-            pos += 3 + headers[-1][2]
-        sizes, dims, counts = zip(*headers)
+            headers.append(tuple(int(v) for v in packed[pos:pos + k]))
+            parts.append(packed[pos + k:pos + k + headers[-1][2]])
+            pos += k + headers[-1][2]
+        sizes, dims, counts, fused = zip(*headers)
         if len(set(sizes)) != 1:
             raise ValueError(f"every rank must pass the same batch size, got {list(sizes)} on ranks "
                              f"0..{self.world - 1}")
@@ -261,6 +266,10 @@ class PartialFC:
                              "(-1: not 2-D)")
         if counts != sizes:
             raise ValueError(f"got {list(counts)} labels for {list(sizes)} embeddings per rank")
+        if len(set(fused)) != 1:  # the ranks would compute the loss in different ways
+            raise ValueError(f"ranks disagree on the Partial FC kernels (fused: {[bool(f) for f in fused]} on ranks "
+                             f"0..{self.world - 1}); set partial_fc.kernels (or PFC_MX_KERNELS) to 'stock' or make "
+                             "the fused kernels load on every host")
         labels = np.concatenate(parts)
         bad = (labels < 0) | (labels >= self.num_classes)
         if bad.any():
@@ -299,9 +308,9 @@ class PartialFC:
         elif self.last_index is None or len(self.last_index) != self.num_local:
             self.last_index = np.arange(self.num_local, dtype=np.int64)
         self._last_grad = None
-        out: Dict[str, Any] = {"s": s, "plan": plan, "target": mx.nd.zeros((n,), ctx=self.ctx)}
-        if s == 0:
-            out["lse"] = mx.nd.full((n,), LOWEST, ctx=self.ctx)
+        out: Dict[str, Any] = {"s": s, "plan": plan}
+        if s == 0:  # log-normaliser "−inf", target logit 0
+            out["parts"] = mx.nd.array(np.stack([np.full(n, LOWEST), np.zeros(n)]), ctx=self.ctx)
             return out
         ws = self._workspace(n, s)
         if self.fused:
@@ -320,16 +329,22 @@ class PartialFC:
         if self.threshold > 0:
             keep_mask(logits, self.threshold * self.scale, out=ws["keep"])
             mx.nd.elemwise_mul(logits, ws["keep"], out=logits)
+        target = mx.nd.zeros((n,), ctx=self.ctx)
         if len(rows):
             fm.scatter(logits, out["tindex"], out["logit_t"])
-            out["target"] = mx.nd.scatter_nd(out["logit_t"], out["rows"].reshape((1, -1)), shape=(n,))
+            target = mx.nd.scatter_nd(out["logit_t"], out["rows"].reshape((1, -1)), shape=(n,))
         out["lse"] = fm.local_log_normalizer(logits, ws["probs"])
+        out["parts"] = mx.nd.stack(out["lse"], target)
         out["ws"] = ws
         return out
 
     def _local_backward(self, local: Dict[str, Any], lse: mx.nd.NDArray, xn: mx.nd.NDArray,
                         n: int) -> mx.nd.NDArray:
-        """dL/d xn (N, D) of this rank's logits; the center gradient goes to last_grad and the pending update."""
+        """dL/d xn (N, D) of this rank's logits.
+
+        local["center_grad"] then queues the center gradient (to last_grad and the
+        pending update); the caller queues it after the collective on dxn.
+        """
         plan, s = local["plan"], local["s"]
         if s == 0:
             self._pending = {"index": None, "grad": None}
@@ -358,10 +373,14 @@ class PartialFC:
             dcos_t = dcos_t / mx.nd.take(wnorm, local["tindex"][1])
             dxn = dxn + fm.target_input_grad(dcos_t, w, local["rows"], cols, n)
             targets = fm.target_center_terms(dcos_t, xn, local["rows"], local["cos_t"], cols)
-        probs_t = mx.nd.transpose(probs, out=logits.reshape((s, n)))  # logits are spent: P'ᵀ (S, N) goes there
-        # the gradient overwrites the gathered rows (dead after this) or fills the buffer when w is the weight
-        self._last_grad = fm.weight_grad_into(ws["rows"], w, wnorm, probs_t, xn * g.reshape((n, 1)), r, targets)
-        self._pending = {"index": index, "grad": self._last_grad}
+
+        def center_grad() -> None:
+            probs_t = mx.nd.transpose(probs, out=logits.reshape((s, n)))  # logits are spent: P'ᵀ (S, N) there
+            # the gradient overwrites the gathered rows (dead after this) or fills the buffer when w is the weight
+            self._last_grad = fm.weight_grad_into(ws["rows"], w, wnorm, probs_t, xn * g.reshape((n, 1)), r, targets)
+            self._pending = {"index": index, "grad": self._last_grad}
+
+        local["center_grad"] = center_grad
         return dxn
 
     def _fused_forward(self, plan: Any, xn: mx.nd.NDArray, n: int, ws: Dict[str, mx.nd.NDArray],
@@ -370,7 +389,8 @@ class PartialFC:
 
         Unlike the stock path the used centers are always copied, normalised, into
         ws["rows"] (at rate 1 the stock path reads the weight in place instead), so
-        the (N, S) logits need no division.
+        the (N, S) logits need no division. Host arrays are made first: making one
+        waits for the engine, which would otherwise idle behind the product.
         """
         s = plan.num_rows
         if plan.index is not None:
@@ -379,42 +399,36 @@ class PartialFC:
             idx = ws.get("all_rows")
             if idx is None:
                 idx = ws["all_rows"] = mx.nd.arange(self.num_local, ctx=self.ctx, dtype="int64")
+        out["tcol"] = mx.nd.array(plan.local_labels, ctx=self.ctx, dtype="int64")  # -1: not in this shard
         out["index"] = idx
-        rows, wnorm = mx.nd.pfc_gather_normalize(self.weight, idx, out=[ws["rows"], ws["wnorm"]])
-        logits = mx.nd.dot(xn * self.scale, rows, transpose_b=True, out=ws["logits"])  # s·cos
-        has = plan.local_labels >= 0
-        out["tcol"] = mx.nd.array(plan.local_labels, ctx=self.ctx, dtype="int64")     # -1: not in this shard
-        # every row gets a target logit (rows without a target here read column 0; the kernels ignore them)
-        cos_t = mx.nd.pick(logits, mx.nd.array(np.where(has, plan.local_labels, 0), ctx=self.ctx, dtype="int64"),
-                           axis=1)
-        out["cos_t"] = cos_t = cos_t / self.scale
-        f, out["dlogit_t"] = target_logit_and_derivative(cos_t, self.margin)
-        out["logit_t"] = f * self.scale
-        lse, rowmax = mx.nd.empty((n,), ctx=self.ctx), mx.nd.empty((n,), ctx=self.ctx)
-        mx.nd.pfc_margin_softmax(logits, out["tcol"], out["logit_t"], filter=self.threshold > 0,
-                                 threshold=self.threshold * self.scale, out=[ws["probs"], lse, rowmax])
-        out.update(lse=lse, rowmax=rowmax, ws=ws, wnorm=wnorm,
-                   target=out["logit_t"] * mx.nd.array(has, ctx=self.ctx, dtype="float32"))
+        rows, out["wnorm"] = mx.nd.pfc_gather_normalize(self.weight, idx, out=[ws["rows"], ws["wnorm"]])
+        logits = mx.nd.linalg.gemm2(xn, rows, transpose_b=True, alpha=self.scale, out=ws["logits"])  # s·cos
+        m1, m2, m3 = self.margin
+        out["parts"], out["stats"] = mx.nd.empty((2, n), ctx=self.ctx), mx.nd.empty((3, n), ctx=self.ctx)
+        mx.nd.pfc_margin_softmax(logits, out["tcol"], m1=m1, m2=m2, m3=m3, scale=self.scale,
+                                 filter=self.threshold > 0, threshold=self.threshold * self.scale,
+                                 out=[ws["probs"], out["parts"], out["stats"]])
+        out["ws"] = ws
         return out
 
     def _fused_backward(self, local: Dict[str, Any], lse: mx.nd.NDArray, xn: mx.nd.NDArray,
                         n: int) -> mx.nd.NDArray:
-        """_local_backward with the fused kernels: one pass makes dL/dcos (N, S) and r; the update folds the rest.
+        """_local_backward with the fused kernels: one pass makes dL/dcos (N, S) and the norm terms.
 
         With D = dL/dcos and ŵ = w / ν: dxn = D·ŵ and dL/dw = (Dᵀ·xn − r ŵ) / ν,
         r = Σ_i D·cos; the product Dᵀ·xn goes to ws["rows"] (ŵ is spent by then)
         and step() applies a = 1/ν, b = −r/ν² to it and to the raw rows.
         """
-        ws, wnorm = local["ws"], local["wnorm"]
-        per_row = self.scale / n
-        rowscale = mx.nd.exp(local["rowmax"] - lse) * per_row               # D = rowscale · expo off the target
-        dtarget = local["dlogit_t"] * (mx.nd.exp(local["logit_t"] - lse) - 1) * per_row
-        r = mx.nd.empty((local["s"],), ctx=self.ctx)
-        dcos, _ = mx.nd.pfc_softmax_grad(ws["logits"], ws["probs"], rowscale, local["tcol"], dtarget,
-                                         local["cos_t"], scale=self.scale, filter=self.threshold > 0,
-                                         threshold=self.threshold * self.scale, out=[ws["probs"], r])
+        ws, s = local["ws"], local["s"]
+        a, b = mx.nd.empty((s,), ctx=self.ctx), mx.nd.empty((s,), ctx=self.ctx)
+        dcos = mx.nd.pfc_softmax_grad(ws["logits"], ws["probs"], local["parts"], local["stats"], lse, local["tcol"],
+                                      local["wnorm"], scale=self.scale, filter=self.threshold > 0,
+                                      threshold=self.threshold * self.scale, out=[ws["probs"], a, b])[0]
         dxn = mx.nd.dot(dcos, ws["rows"])
-        grad = mx.nd.linalg.gemm2(dcos, xn, transpose_a=True, out=ws["rows"])
-        inv = 1.0 / wnorm
-        self._pending = {"index": local["index"], "grad": grad, "parts": (grad, inv, -r * inv * inv)}
+
+        def center_grad() -> None:
+            grad = mx.nd.linalg.gemm2(dcos, xn, transpose_a=True, out=ws["rows"])
+            self._pending = {"index": local["index"], "grad": grad, "parts": (grad, a, b)}
+
+        local["center_grad"] = center_grad
         return dxn

@@ -45,7 +45,9 @@ def init_center_rows(class_start: int, num_local: int, dim: int, seed: int,
         block, first = divmod(pos, INIT_BLOCK)
         last = min(end - block * INIT_BLOCK, INIT_BLOCK)  # exclusive, within the block
         rng = np.random.default_rng([seed, 0x9FC, block])
-        rows = rng.standard_normal((last, dim), dtype=np.float32)[first:] * np.float32(INIT_STD)
+        rows = rng.standard_normal((last, dim), dtype=np.float32)
+        rows *= np.float32(INIT_STD)  # in place: one block of temporary memory, not two
+        rows = rows[first:]
         for a in range(0, len(rows), chunk):
             piece = rows[a:a + chunk]
             lo = pos - class_start + a

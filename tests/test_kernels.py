@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from pfc_mx import kernels
+from pfc_mx.margin import target_logit_and_derivative
 from pfc_mx.partial_fc import PartialFC
 
 ROOT = Path(__file__).resolve().parents[1]
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,35 +47,70 @@ def test_gather_normalize_equals_numpy_and_rejects_bad_rows():
         mx.nd.pfc_gather_normalize(mx.nd.array(w), mx.nd.array([2, 300], dtype="int64"))[0].wait_to_read()
 
 
+def margin_softmax(x, target, margin=(1.0, 0.0, 0.0), scale=1.0, threshold=None):
+    """The kernel on NumPy inputs → expo, (lse, target logit), (rowmax, cos_t, f') as NumPy arrays."""
+    m1, m2, m3 = margin
+    outs = mx.nd.pfc_margin_softmax(mx.nd.array(x), mx.nd.array(target, dtype="int64"), m1=m1, m2=m2, m3=m3,
+                                    scale=scale, filter=threshold is not None, threshold=threshold or 0.0)
+    return [o.asnumpy() for o in outs]
+
+
+@pytest.mark.parametrize("margin", [(1.0, 0.0, 0.0), (1.0, 0.5, 0.0), (0.9, 0.4, 0.15), (1.0, 0.0, 0.4)])
 @pytest.mark.parametrize("threshold", [None, 9.0])
-def test_margin_softmax_equals_float64_softmax(threshold):
+def test_margin_softmax_equals_float64_softmax_with_the_margin_of_margin_py(margin, threshold):
     rng = np.random.default_rng(1)
-    n, s = 9, 1000
-    x = (rng.uniform(-1, 1, (n, s)) * 64).astype(np.float32)
-    x[2, :] = -64.0  # exp of every other entry far below the target's
-    target = np.array([3, -1, 999, 0, 500, -1, 7, 7, 998], np.int64)
-    target_logit = (rng.uniform(-1, 1, n) * 64).astype(np.float32)
-    target_logit[2] = 64.0
-    e, lse, rowmax = mx.nd.pfc_margin_softmax(mx.nd.array(x), mx.nd.array(target, dtype="int64"),
-                                              mx.nd.array(target_logit), filter=threshold is not None,
-                                              threshold=threshold or 0.0)
-    eff = effective_logits(x, target, target_logit, threshold)
+    n, s, scale = 10, 1000, 64.0
+    x = (rng.uniform(-1, 1, (n, s)) * scale).astype(np.float32)
+    x[2, :] = -scale  # exp of every other entry far below the target's
+    target = np.array([3, -1, 999, 0, 500, -1, 7, 7, 998, 11], np.int64)
+    x[2, 999], x[4, 500], x[9, 11] = scale, -scale, 0.99 * scale  # cos = 1 (clamped), -1 (past pi), near 1
+    e, (lse, tlogit), (rowmax, cos_t, df) = margin_softmax(x, target, margin, scale, threshold)
+    rows = np.flatnonzero(target >= 0)
+    ref_cos = x[rows, target[rows]] / np.float32(scale)
+    c = mx.nd.array(ref_cos)
+    ref_f, ref_df = target_logit_and_derivative(c, margin)  # margin.py's autograd: the independent reference
+    np.testing.assert_allclose(cos_t[rows], ref_cos, rtol=0, atol=0)
+    np.testing.assert_allclose(tlogit[rows], ref_f.asnumpy() * scale, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(df[rows], ref_df.asnumpy(), rtol=1e-4, atol=1e-6)
+    assert not tlogit[target < 0].any() and not cos_t[target < 0].any() and not df[target < 0].any()
+    eff = effective_logits(x, target, tlogit, threshold)
     m = eff.max(1)
-    np.testing.assert_array_equal(rowmax.asnumpy(), m.astype(np.float32))
+    np.testing.assert_array_equal(rowmax, m.astype(np.float32))
     # exp of the float32 difference (the rounding of x - m is the input's, not the kernel's); exp(-87) is the floor
     diff = (eff.astype(np.float32) - m[:, None].astype(np.float32)).astype(np.float64)
-    np.testing.assert_allclose(e.asnumpy(), np.maximum(np.exp(diff), np.exp(-87.0)), rtol=2e-7, atol=1e-44)
-    np.testing.assert_allclose(lse.asnumpy(), m + np.log(np.exp(eff - m[:, None]).sum(1)), rtol=1e-6)
+    np.testing.assert_allclose(e, np.maximum(np.exp(diff), np.exp(-87.0)), rtol=2e-7, atol=1e-44)
+    np.testing.assert_allclose(lse, m + np.log(np.exp(eff - m[:, None]).sum(1)), rtol=1e-6)
 
 
 def test_margin_softmax_exp_is_accurate_over_the_whole_range_and_keeps_nan():
     z = -np.linspace(0, 87, 200001).astype(np.float32)
-    x = np.stack([z, z])
+    x = np.stack([z, z, z])
     x[1, 100] = np.nan
-    e, lse, _ = mx.nd.pfc_margin_softmax(mx.nd.array(x), mx.nd.array([-1, -1], dtype="int64"), mx.nd.zeros((2,)))
+    x[2, 5] = np.nan  # a NaN target cosine
+    e, (lse, _), _ = margin_softmax(x, np.array([-1, -1, 5]), margin=(1.0, 0.5, 0.0))
     ref = np.exp(z.astype(np.float64))
-    assert (np.abs(e.asnumpy()[0] - ref) / ref).max() < 2e-7
-    assert np.isfinite(lse.asnumpy()[0]) and np.isnan(lse.asnumpy()[1])  # a NaN logit makes its row NaN
+    assert (np.abs(e[0] - ref) / ref).max() < 2e-7
+    assert np.isfinite(lse[0]) and np.isnan(lse[1:]).all()  # a NaN logit makes its row NaN
+
+
+def test_softmax_loss_combines_the_ranks_in_float64():
+    rng = np.random.default_rng(6)
+    w, n = 3, 50
+    parts = np.stack([rng.uniform(-5, 90, (w, n)), rng.uniform(-60, 60, (w, n))], axis=1).astype(np.float32)
+    parts[1, 0, :7] = np.finfo(np.float32).min  # a rank without columns for some rows
+    parts[2, 0, 9] = np.nan
+    lse, loss = (o.asnumpy() for o in mx.nd.pfc_softmax_loss(mx.nd.array(parts)))
+    p = parts.astype(np.float64)
+    top = p[:, 0].max(0)
+    ref = top + np.log(np.exp(p[:, 0] - top).sum(0))
+    ref[9] = np.nan
+    np.testing.assert_allclose(lse, ref, rtol=1e-7)
+    assert np.isnan(loss[0])
+    parts[2, 0, 9] = 1.0
+    lse, loss = (o.asnumpy() for o in mx.nd.pfc_softmax_loss(mx.nd.array(parts)))
+    top = parts[:, 0].astype(np.float64).max(0)
+    ref = top + np.log(np.exp(parts[:, 0] - top).sum(0))
+    np.testing.assert_allclose(loss[0], np.mean(ref - parts[:, 1].astype(np.float64).sum(0)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("threshold", [None, 5.0])
@@ -85,21 +120,40 @@ def test_softmax_grad_equals_numpy_in_place(threshold):
     x = (rng.uniform(-1, 1, (n, s)) * scale).astype(np.float32)
     e = rng.random((n, s)).astype(np.float32)
     target = np.array([0, -1, 512, 256, 256, 3, -1], np.int64)
-    rowscale, dtarget, cos_t = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    lse = rng.uniform(5, 9, n).astype(np.float32)
+    parts = np.stack([lse - 1, rng.uniform(-8, 8, n)]).astype(np.float32)
+    stats = np.stack([lse - 2, rng.uniform(-1, 1, n), rng.uniform(0.5, 2, n)]).astype(np.float32)
+    norm = rng.uniform(0.1, 3, s).astype(np.float32)
     grad_buffer = mx.nd.array(e)
-    g, r = mx.nd.pfc_softmax_grad(mx.nd.array(x), grad_buffer, mx.nd.array(rowscale),
-                                  mx.nd.array(target, dtype="int64"), mx.nd.array(dtarget), mx.nd.array(cos_t),
-                                  scale=scale, filter=threshold is not None, threshold=threshold or 0.0,
-                                  out=[grad_buffer, mx.nd.empty((s,))])
-    ref = rowscale[:, None].astype(np.float64) * e
+    _, a, b = mx.nd.pfc_softmax_grad(mx.nd.array(x), grad_buffer, mx.nd.array(parts), mx.nd.array(stats),
+                                     mx.nd.array(lse), mx.nd.array(target, dtype="int64"), mx.nd.array(norm),
+                                     scale=scale, filter=threshold is not None, threshold=threshold or 0.0,
+                                     out=[grad_buffer, mx.nd.empty((s,)), mx.nd.empty((s,))])
+    c = scale / n
+    rowscale = np.exp(stats[0].astype(np.float64) - lse) * c
+    dtarget = stats[2] * (np.exp(parts[1].astype(np.float64) - lse) - 1) * c
+    ref = rowscale[:, None] * e
     cos = x / np.float64(scale)
     if threshold is not None:
         ref[x > threshold] = 0.0
     rows = np.flatnonzero(target >= 0)
     ref[rows, target[rows]] = dtarget[rows]
-    cos[rows, target[rows]] = cos_t[rows]
-    np.testing.assert_allclose(grad_buffer.asnumpy(), ref, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(r.asnumpy(), (ref * cos).sum(0), rtol=1e-5, atol=1e-6)
+    cos[rows, target[rows]] = stats[1][rows]
+    np.testing.assert_allclose(grad_buffer.asnumpy(), ref, rtol=1e-5, atol=1e-7)
+    r = (ref * cos).sum(0)
+    np.testing.assert_allclose(a.asnumpy(), 1 / norm.astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(b.asnumpy(), -r / norm.astype(np.float64) ** 2, rtol=1e-4, atol=1e-6)
+
+
+def test_normalize_grad_equals_numpy_on_row_views():
+    rng = np.random.default_rng(7)
+    dy, x = rng.standard_normal((2, 9, 33)).astype(np.float32)
+    norm = np.sqrt((x.astype(np.float64) ** 2).sum(1) + 1e-10)
+    y = x / norm[:, None]
+    rows = slice(3, 7)  # views with an offset, as PartialFC passes its own rank's rows
+    out = mx.nd.pfc_normalize_grad(mx.nd.array(dy)[rows], mx.nd.array(y)[rows], mx.nd.array(norm)[rows])
+    dots = (y[rows] * dy[rows]).sum(1, keepdims=True)
+    np.testing.assert_allclose(out.asnumpy(), (dy[rows] - y[rows] * dots) / norm[rows, None], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("momentum", [0.9, 0.0])

@@ -337,3 +337,9 @@ def test_two_ranks_sample_every_positive_and_draw_different_negatives(two_rank_h
 @pytest.mark.dist
 def test_unequal_batches_raise_on_every_rank_instead_of_hanging(two_rank_heads):
     assert all("same batch size" in str(r["unequal_batch_error"]) for r in two_rank_heads)
+
+
+@pytest.mark.dist
+def test_ranks_on_different_kernels_raise_on_every_rank(two_rank_heads):
+    assert all("ranks disagree on the Partial FC kernels (fused: [True, False]" in str(r["mixed_kernels_error"])
+               for r in two_rank_heads)

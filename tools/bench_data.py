@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 # follow omp_set_num_threads (below) instead of halving the core count.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
+import pfc_mx  # noqa: E402,F401  (before mxnet: its OpenBLAS choice, pfc_mx.blas)
 import cv2  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402

@@ -19,6 +19,9 @@ world 2) builds a PartialFC (D = --dim, global batch N = --batch) and measures:
   costs are paid before, by one step of a 1000-class head).
 
 Prints one markdown table; ratios are measured side by side in the same run.
+The products run on MXNet's OpenBLAS with the kernels pfc_mx.blas chose (the
+BLAS line says which; OPENBLAS_CORETYPE=Prescott reproduces the wheel's own
+choice on CPUs it does not know).
 Threads: the single process uses all cores, each of the two ranks gets half.
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pfc_mx import blas  # noqa: E402
 from pfc_mx.errors import ConfigError  # noqa: E402
 from tools._cli import run_cli  # noqa: E402
 
@@ -227,7 +231,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 with tempfile.TemporaryDirectory() as tmp:
                     rows.append(merge(launch(world, classes, rate, args, Path(tmp))))
                 print(f"done: ranks {world}, C {classes}, rate {rate:g}", file=sys.stderr, flush=True)
-    print(f"command: {command.strip()}\n")
+    print(f"command: {command.strip()}")
+    print(f"BLAS: {blas.describe()}\n")
     print(table(rows))
     return 0
 

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pfc_mx  # noqa: E402,F401  (before mxnet: its OpenBLAS choice, pfc_mx.blas)
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -9,15 +9,24 @@
 //
 //   pfc_gather_normalize(weight (C,D), index (S,) int64) -> rows (S,D), norm (S,)
 //       rows[j] = weight[index[j]] / norm[j], norm[j] = sqrt(sum_d w^2 + 1e-10)
-//   pfc_margin_softmax(logits (N,S), target (N,) int64, target_logit (N,); filter, threshold)
-//       -> expo (N,S), lse (N,), rowmax (N,)
-//       effective logit e: target_logit[i] at column target[i] (-1: none), 0 where
-//       filter and logit > threshold, else the logit; rowmax = max_j e, expo = exp(e - rowmax),
-//       lse = rowmax + log sum_j expo (NaN when a logit is NaN or, unfiltered, +inf)
-//   pfc_softmax_grad(logits (N,S), expo (N,S), rowscale (N,), target (N,) int64, dtarget (N,), cos_t (N,);
-//       scale, filter, threshold) -> grad (N,S) (may be expo itself), r (S,)
-//       grad = rowscale[i] * expo (0 where filtered), dtarget[i] at the target column;
-//       r[j] = sum_i grad[i,j] * cos[i,j], cos = logits / scale off the target, cos_t[i] on it
+//   pfc_margin_softmax(logits (N,S), target (N,) int64; m1, m2, m3, scale, filter, threshold)
+//       -> expo (N,S), parts (2,N), stats (3,N)
+//       logits are s*cos; target[i] is the row's target column (-1: none here). The target logit is
+//       s*f(cos_t) with the combined margin f (pfc_mx/margin.py: clamp, arccos, the theta + m2 > pi
+//       fallback), f' its derivative; effective logit e: that at the target column, 0 where filter
+//       and logit > threshold, else the logit; rowmax = max_j e, expo = exp(e - rowmax),
+//       parts = (lse = rowmax + log sum_j expo, target logit or 0), stats = (rowmax, cos_t, f'),
+//       the last two 0 without a target (NaN when a logit is NaN or, unfiltered, +inf)
+//   pfc_softmax_loss(parts (W,2,N) of every rank) -> lse (N,), loss (1,)
+//       lse = log sum_r exp(lse_r), loss = mean_i (lse_i - sum_r target_r,i), summed in double
+//   pfc_softmax_grad(logits (N,S), expo (N,S), parts (2,N), stats (3,N), lse (N,), target (N,) int64, norm (S,);
+//       scale, filter, threshold) -> grad (N,S) (may be expo itself), a (S,), b (S,)
+//       with this rank's parts/stats and the global lse, c = s/N: grad = dL/dcos =
+//       c exp(rowmax - lse) expo off the target (0 where filtered), c f' (exp(target logit - lse) - 1) on it;
+//       r[j] = sum_i grad[i,j] cos[i,j] (cos = logits / scale off the target, cos_t on it),
+//       a = 1/norm, b = -r a a: the center gradient is a (grad^T xn) + b w (see pfc_sparse_sgd)
+//   pfc_normalize_grad(dy (B,D), y (B,D), norm (B,)) -> dx (B,D)
+//       gradient through y = x / norm: dx = (dy - y <y, dy>) / norm
 //   pfc_sparse_sgd(weight (C,D), grad (S,D), mom (C,D), index (S,) int64, a (S,), b (S,); lr, momentum, wd)
 //       -> weight (pass the weight as out); rows index[j] only (unique), with g = a[j] grad[j] + b[j] weight[index[j]]
 //       MXNet's sgd_mom_update: mom = momentum mom - lr wd w - lr g; w = w + mom (mom updated in place),
@@ -164,6 +173,33 @@ MXReturnValue gather_normalize_shape(const Attrs&, Shapes* in, Shapes* out) {
 }
 
 // ---------------------------------------------------------------- margin_softmax
+// The combined margin of pfc_mx/margin.py on one target cosine: f = cos(m1 theta + m2) - m3 with
+// theta = arccos of cos clamped to [-1 + 1e-6, 1 - 1e-6] (straight through: the derivative is taken
+// at the clamped value, its own derivative counts as 1), the linear fallback cos - m2 sin(m2) - m3
+// where m1 theta + m2 > pi, and cos - m3 exactly for CosFace-type margins (m1 = 1, m2 = 0).
+struct Margin {
+  float m1, m2, m3, fallback;  // fallback: m2 sin(m2)
+  bool plain;                  // m1 = 1 and m2 = 0: no arccos
+};
+
+inline void margin_value(const Margin& m, float c, float* f, float* df) {
+  if (m.plain) {
+    *f = c - m.m3;
+    *df = 1.0f;
+    return;
+  }
+  const float lo = -1.0f + 1e-6f, hi = 1.0f - 1e-6f;
+  const float x = c + ((c < lo ? lo : (c > hi ? hi : c)) - c);  // NaN stays NaN
+  const float phi = std::acos(x) * m.m1 + m.m2;
+  if (phi <= static_cast<float>(M_PI)) {
+    *f = std::cos(phi) - m.m3;
+    *df = std::sin(phi) * m.m1 / std::sqrt(1.0f - x * x);
+  } else {
+    *f = (c - m.fallback) - m.m3;
+    *df = 1.0f;
+  }
+}
+
 // Filtered: a logit above the threshold counts as 0 (inter-class filtering)
 template <bool Filtered>
 inline float effective(float x, float threshold) {
@@ -195,26 +231,33 @@ inline float exp_row(const float* __restrict x, float* __restrict e, int64_t lo,
 }
 
 template <bool Filtered>
-void margin_softmax_rows(const float* x, const int64_t* tgt, const float* tlogit, float* e, float* lse,
-                         float* rowmax, int64_t n, int64_t s, float threshold) {
+void margin_softmax_rows(const float* x, const int64_t* tgt, const Margin& margin, float scale, float* e,
+                         float* parts, float* stats, int64_t n, int64_t s, float threshold) {
 #pragma omp parallel for schedule(static) num_threads(threads())
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * s;
     float* ei = e + i * s;
     const int64_t t = tgt[i] >= 0 && tgt[i] < s ? tgt[i] : -1;
-    float m = -std::numeric_limits<float>::infinity(), sum;
+    float m = -std::numeric_limits<float>::infinity(), sum, tlogit = 0.0f, cos_t = 0.0f, df = 0.0f;
     if (t < 0) {
       m = row_max<Filtered>(xi, 0, s, threshold, m);
       sum = exp_row<Filtered>(xi, ei, 0, s, threshold, m);
     } else {
+      float f;
+      cos_t = xi[t] / scale;
+      margin_value(margin, cos_t, &f, &df);
+      tlogit = f * scale;
       m = row_max<Filtered>(xi, t + 1, s, threshold, row_max<Filtered>(xi, 0, t, threshold, m));
-      m = tlogit[i] > m ? tlogit[i] : m;
+      m = tlogit > m ? tlogit : m;
       sum = exp_row<Filtered>(xi, ei, 0, t, threshold, m) + exp_row<Filtered>(xi, ei, t + 1, s, threshold, m);
-      ei[t] = exp_nonpositive(tlogit[i] - m);
+      ei[t] = exp_nonpositive(tlogit - m);
       sum += ei[t];
     }
-    rowmax[i] = m;
-    lse[i] = m + std::log(sum);
+    parts[i] = m + std::log(sum);
+    parts[n + i] = tlogit;
+    stats[i] = m;
+    stats[n + i] = cos_t;
+    stats[2 * n + i] = df;
   }
 }
 
@@ -223,16 +266,21 @@ MXReturnValue margin_softmax_forward(const Attrs& attrs, std::vector<MXTensor>* 
   const int64_t n = (*in)[0].shape[0], s = (*in)[0].shape[1];
   const float* x = (*in)[0].data<float>();
   const int64_t* tgt = (*in)[1].data<int64_t>();
-  const float* tlogit = (*in)[2].data<float>();
   float* e = (*out)[0].data<float>();
-  float* lse = (*out)[1].data<float>();
-  float* rowmax = (*out)[2].data<float>();
-  if (!finite_attrs("pfc_margin_softmax", attrs, {"threshold"})) return mxnet::ext::MX_FAIL;
+  float* parts = (*out)[1].data<float>();
+  float* stats = (*out)[2].data<float>();
+  if (!finite_attrs("pfc_margin_softmax", attrs, {"m1", "m2", "m3", "scale", "threshold"}))
+    return mxnet::ext::MX_FAIL;
+  const double m2 = attr_float(attrs, "m2", 0.0f);
+  const Margin margin{attr_float(attrs, "m1", 1.0f), static_cast<float>(m2), attr_float(attrs, "m3", 0.0f),
+                      static_cast<float>(m2 * std::sin(m2)),
+                      attr_float(attrs, "m1", 1.0f) == 1.0f && m2 == 0.0};
+  const float scale = attr_float(attrs, "scale", 1.0f);
   const float threshold = attr_float(attrs, "threshold", 0.0f);
   if (attr_flag(attrs, "filter")) {
-    margin_softmax_rows<true>(x, tgt, tlogit, e, lse, rowmax, n, s, threshold);
+    margin_softmax_rows<true>(x, tgt, margin, scale, e, parts, stats, n, s, threshold);
   } else {
-    margin_softmax_rows<false>(x, tgt, tlogit, e, lse, rowmax, n, s, threshold);
+    margin_softmax_rows<false>(x, tgt, margin, scale, e, parts, stats, n, s, threshold);
   }
   return mxnet::ext::MX_SUCCESS;
 }
@@ -240,11 +288,45 @@ MXReturnValue margin_softmax_forward(const Attrs& attrs, std::vector<MXTensor>* 
 MXReturnValue margin_softmax_shape(const Attrs&, Shapes* in, Shapes* out) {
   if ((*in)[0].size() != 2) return fail("pfc_margin_softmax: logits must be (N, S)");
   const unsigned n = (*in)[0][0];
-  if ((*in)[1] != std::vector<unsigned>{n} || (*in)[2] != std::vector<unsigned>{n})
-    return fail("pfc_margin_softmax: target and target_logit must be (N,)");
+  if ((*in)[1] != std::vector<unsigned>{n}) return fail("pfc_margin_softmax: target must be (N,)");
   (*out)[0] = (*in)[0];
-  (*out)[1] = {n};
-  (*out)[2] = {n};
+  (*out)[1] = {2, n};
+  (*out)[2] = {3, n};
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// ---------------------------------------------------------------- softmax_loss
+MXReturnValue softmax_loss_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                   const OpResource&) {
+  const int64_t w = (*in)[0].shape[0], n = (*in)[0].shape[2];
+  const float* parts = (*in)[0].data<float>();  // rank r: lse at [2 r n], target logit at [(2 r + 1) n]
+  float* lse = (*out)[0].data<float>();
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) {  // serial and in a fixed order: every rank gets the same bits
+    float top = -std::numeric_limits<float>::infinity();
+    bool nan = false;
+    for (int64_t r = 0; r < w; ++r) {
+      const float v = parts[2 * r * n + i];
+      nan = nan || std::isnan(v);
+      top = v > top ? v : top;
+    }
+    double sum = 0.0, target = 0.0;
+    for (int64_t r = 0; r < w; ++r) {
+      sum += std::exp(static_cast<double>(parts[2 * r * n + i]) - top);
+      target += parts[(2 * r + 1) * n + i];
+    }
+    const double value = nan ? std::numeric_limits<double>::quiet_NaN() : top + std::log(sum);
+    lse[i] = static_cast<float>(value);
+    total += value - target;
+  }
+  (*out)[1].data<float>()[0] = n > 0 ? static_cast<float>(total / n) : 0.0f;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue softmax_loss_shape(const Attrs&, Shapes* in, Shapes* out) {
+  if ((*in)[0].size() != 3 || (*in)[0][1] != 2) return fail("pfc_softmax_loss: parts must be (W, 2, N)");
+  (*out)[0] = {(*in)[0][2]};
+  (*out)[1] = {1};
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -263,14 +345,16 @@ inline void grad_segment(const float* __restrict x, const float* e, float* g, fl
 
 template <bool Filtered>
 void softmax_grad_columns(const float* x, const float* e, const float* rowscale, const int64_t* tgt,
-                          const float* dtarget, const float* cos_t, float* g, float* r, int64_t n, int64_t s,
-                          float inv_scale, float threshold) {
-  // columns split between threads (each owns its r[j]); every thread walks all rows of its block
+                          const float* dtarget, const float* cos_t, const float* norm, float* g, float* a, float* b,
+                          int64_t n, int64_t s, float inv_scale, float threshold) {
+  // columns split between threads (each owns its r[j], kept in b until the end); every thread walks
+  // all rows of its block
 #pragma omp parallel num_threads(threads())
   {
     const int nt = omp_get_num_threads(), me = omp_get_thread_num();
     const int64_t per = (s + nt - 1) / nt;
     const int64_t lo = std::min<int64_t>(s, me * per), hi = std::min<int64_t>(s, lo + per);
+    float* r = b;
     std::fill(r + lo, r + hi, 0.0f);
     for (int64_t i = 0; i < n && lo < hi; ++i) {
       const float* xi = x + i * s;
@@ -286,6 +370,11 @@ void softmax_grad_columns(const float* x, const float* e, const float* rowscale,
         grad_segment<Filtered>(xi, ei, gi, r, lo, hi, rowscale[i], inv_scale, threshold);
       }
     }
+    for (int64_t j = lo; j < hi; ++j) {
+      const float inv = 1.0f / norm[j];
+      a[j] = inv;
+      b[j] = -r[j] * inv * inv;
+    }
   }
 }
 
@@ -294,30 +383,74 @@ MXReturnValue softmax_grad_forward(const Attrs& attrs, std::vector<MXTensor>* in
   const int64_t n = (*in)[0].shape[0], s = (*in)[0].shape[1];
   const float* x = (*in)[0].data<float>();
   const float* e = (*in)[1].data<float>();
-  const float* rowscale = (*in)[2].data<float>();
-  const int64_t* tgt = (*in)[3].data<int64_t>();
-  const float* dtarget = (*in)[4].data<float>();
-  const float* cos_t = (*in)[5].data<float>();
-  float* g = (*out)[0].data<float>();
-  float* r = (*out)[1].data<float>();
+  const float* parts = (*in)[2].data<float>();  // this rank's (lse, target logit)
+  const float* stats = (*in)[3].data<float>();  // (rowmax, cos_t, f')
+  const float* lse = (*in)[4].data<float>();    // over every rank
+  const int64_t* tgt = (*in)[5].data<int64_t>();
+  const float* norm = (*in)[6].data<float>();
   if (!finite_attrs("pfc_softmax_grad", attrs, {"scale", "threshold"})) return mxnet::ext::MX_FAIL;
-  const float inv_scale = 1.0f / attr_float(attrs, "scale", 1.0f);
+  const float scale = attr_float(attrs, "scale", 1.0f);
   const float threshold = attr_float(attrs, "threshold", 0.0f);
+  const float per_row = scale / static_cast<float>(n);
+  std::vector<float> rowscale(n), dtarget(n);
+  std::vector<int64_t> target(n);
+  for (int64_t i = 0; i < n; ++i) {  // the row factors of dL/dcos (f' is 0 on rows without a target)
+    rowscale[i] = std::exp(stats[i] - lse[i]) * per_row;
+    dtarget[i] = stats[2 * n + i] * (std::exp(parts[n + i] - lse[i]) - 1.0f) * per_row;
+    target[i] = tgt[i] >= 0 && tgt[i] < s ? tgt[i] : -1;
+  }
+  float* g = (*out)[0].data<float>();
+  float* a = (*out)[1].data<float>();
+  float* b = (*out)[2].data<float>();
   if (attr_flag(attrs, "filter")) {
-    softmax_grad_columns<true>(x, e, rowscale, tgt, dtarget, cos_t, g, r, n, s, inv_scale, threshold);
+    softmax_grad_columns<true>(x, e, rowscale.data(), target.data(), dtarget.data(), stats + n, norm, g, a, b, n, s,
+                               1.0f / scale, threshold);
   } else {
-    softmax_grad_columns<false>(x, e, rowscale, tgt, dtarget, cos_t, g, r, n, s, inv_scale, threshold);
+    softmax_grad_columns<false>(x, e, rowscale.data(), target.data(), dtarget.data(), stats + n, norm, g, a, b, n, s,
+                                1.0f / scale, threshold);
   }
   return mxnet::ext::MX_SUCCESS;
 }
 
 MXReturnValue softmax_grad_shape(const Attrs&, Shapes* in, Shapes* out) {
   if ((*in)[0].size() != 2 || (*in)[1] != (*in)[0]) return fail("pfc_softmax_grad: logits and expo must be (N, S)");
-  const unsigned n = (*in)[0][0];
-  for (int k = 2; k < 6; ++k)
-    if ((*in)[k] != std::vector<unsigned>{n}) return fail("pfc_softmax_grad: row vectors must be (N,)");
+  const unsigned n = (*in)[0][0], s = (*in)[0][1];
+  if ((*in)[2] != std::vector<unsigned>{2, n} || (*in)[3] != std::vector<unsigned>{3, n} ||
+      (*in)[4] != std::vector<unsigned>{n} || (*in)[5] != std::vector<unsigned>{n} ||
+      (*in)[6] != std::vector<unsigned>{s})
+    return fail("pfc_softmax_grad: need parts (2, N), stats (3, N), lse (N,), target (N,), norm (S,)");
   (*out)[0] = (*in)[0];
-  (*out)[1] = {(*in)[0][1]};
+  (*out)[1] = {s};
+  (*out)[2] = {s};
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// ---------------------------------------------------------------- normalize_grad
+MXReturnValue normalize_grad_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                     const OpResource&) {
+  const int64_t rows = (*in)[0].shape[0], d = (*in)[0].shape[1];
+  const float* dy = (*in)[0].data<float>();
+  const float* y = (*in)[1].data<float>();
+  const float* norm = (*in)[2].data<float>();
+  float* dx = (*out)[0].data<float>();
+#pragma omp parallel for schedule(static) num_threads(threads())
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* dyi = dy + i * d;
+    const float* yi = y + i * d;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t k = 0; k < d; ++k) dot += yi[k] * dyi[k];
+    float* dxi = dx + i * d;
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) dxi[k] = (dyi[k] - yi[k] * dot) / norm[i];
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue normalize_grad_shape(const Attrs&, Shapes* in, Shapes* out) {
+  if ((*in)[0].size() != 2 || (*in)[1] != (*in)[0] || (*in)[2] != std::vector<unsigned>{(*in)[0][0]})
+    return fail("pfc_normalize_grad: need dy (B, D), y (B, D), norm (B,)");
+  (*out)[0] = (*in)[0];
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -412,8 +545,10 @@ MXReturnValue check_types(const Attrs&, std::vector<int>* in, std::vector<int>* 
 }
 
 constexpr char kSigGather[] = "fi";
-constexpr char kSigSoftmax[] = "fif";
-constexpr char kSigGrad[] = "fffiff";
+constexpr char kSigSoftmax[] = "fi";
+constexpr char kSigLoss[] = "f";
+constexpr char kSigGrad[] = "fffffif";
+constexpr char kSigNormGrad[] = "fff";
 constexpr char kSigSgd[] = "fffiff";
 
 }  // namespace
@@ -425,16 +560,28 @@ REGISTER_OP(pfc_gather_normalize)
     .setForward(gather_normalize_forward, "cpu");
 
 REGISTER_OP(pfc_margin_softmax)
-    .setParseAttrs(parse_counts<3, 3>)
+    .setParseAttrs(parse_counts<2, 3>)
     .setInferType(check_types<kSigSoftmax>)
     .setInferShape(margin_softmax_shape)
     .setForward(margin_softmax_forward, "cpu");
 
+REGISTER_OP(pfc_softmax_loss)
+    .setParseAttrs(parse_counts<1, 2>)
+    .setInferType(check_types<kSigLoss>)
+    .setInferShape(softmax_loss_shape)
+    .setForward(softmax_loss_forward, "cpu");
+
 REGISTER_OP(pfc_softmax_grad)
-    .setParseAttrs(parse_counts<6, 2>)
+    .setParseAttrs(parse_counts<7, 3>)
     .setInferType(check_types<kSigGrad>)
     .setInferShape(softmax_grad_shape)
     .setForward(softmax_grad_forward, "cpu");
+
+REGISTER_OP(pfc_normalize_grad)
+    .setParseAttrs(parse_counts<3, 1>)
+    .setInferType(check_types<kSigNormGrad>)
+    .setInferShape(normalize_grad_shape)
+    .setForward(normalize_grad_forward, "cpu");
 
 REGISTER_OP(pfc_sparse_sgd)
     .setParseAttrs(parse_counts<6, 1>)

@@ -76,12 +76,23 @@ def unequal_batch_error() -> str:
     return ""
 
 
+def mixed_kernels_error() -> str:
+    """Rank 0 fused, rank 1 stock (the losses would differ in their last bits): every rank must raise."""
+    pfc = PartialFC(5, 4, kernels="fused" if dist.rank() == 0 else "stock")
+    try:
+        pfc.forward_backward(mx.nd.ones((2, 4)), mx.nd.zeros((2,)))
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
 @case
 def partial_fc_heads(outdir: Path) -> Dict[str, np.ndarray]:
-    """Every config of CONFIGS (keys "name/field"), then the unequal-batch check ("unequal_batch_error")."""
+    """Every config of CONFIGS (keys "name/field"), then the unequal-batch and mixed-kernels checks."""
     out: Dict[str, np.ndarray] = {}
     for name, cfg in CONFIGS.items():
         for key, value in run_head(cfg, dist.size(), dist.rank()).items():
             out[f"{name}/{key}"] = value
     out["unequal_batch_error"] = np.array(unequal_batch_error())
+    out["mixed_kernels_error"] = np.array(mixed_kernels_error())
     return out
