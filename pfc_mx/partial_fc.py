@@ -32,9 +32,11 @@ Two implementations of the same math, chosen by ``kernels`` (default: the
 PFC_MX_KERNELS environment variable, else "auto"):
 - "fused" (auto on CPU): the operators of pfc_mx.kernels (C++, built once per
   machine). One pass gathers the used rows already normalised, one pass does
-  margin + softmax + log-normaliser, one makes dL/dcos and the center-norm
-  term r, and the update assembles each row's gradient inside its own pass;
-  around them only the three matrix products.
+  margin + softmax + log-normaliser, one combines the ranks' sums into the
+  loss, one makes dL/dcos and the center-norm term r, and the update assembles
+  each row's gradient inside its own pass; around them only the three matrix
+  products and the gradient through the embeddings' normalisation. Every rank
+  must use the same implementation (checked with the labels).
 - "stock" (GPUs, or when the kernels cannot be built): stock MXNet operators.
   Centers are never normalised into a copy: their norms ν come from one
   reading pass and 1/ν is folded into the (N, S) matrices.
@@ -310,7 +312,7 @@ class PartialFC:
         self._last_grad = None
         out: Dict[str, Any] = {"s": s, "plan": plan}
         if s == 0:  # log-normaliser "−inf", target logit 0
-            out["parts"] = mx.nd.array(np.stack([np.full(n, LOWEST), np.zeros(n)]), ctx=self.ctx)
+            out["parts"] = mx.nd.array(np.stack([np.full(n, LOWEST), np.zeros(n)]), ctx=self.ctx, dtype="float32")
             return out
         ws = self._workspace(n, s)
         if self.fused:

@@ -154,7 +154,12 @@ def test_stop_signal_saves_at_the_step_boundary_and_resume_repeats_and_skips_not
     codes = job.finish()
     if launcher:  # horovodrun prints the codes of the ranks that ended before it stopped waiting
         codes = {int(r): int(c) for r, c in re.findall(r"Process (\d) exit with status code (\d+)", job.output())}
-        assert f"Exit code: {PREEMPTED}" in job.output() and set(codes.values()) == {PREEMPTED}, job.output()[-3000:]
+        # 143 only from horovodrun's own race: right after a rank exits, its helper may stop and terminate
+        # the shell that still waits for the rank (docs/reliability.md); the rank's log shows it left with 75
+        assert set(codes.values()) <= {PREEMPTED, 143}, job.output()[-3000:]
+        for r, code in codes.items():
+            log = (job.out / "logs" / f"rank{r}.log").read_text()
+            assert code == PREEMPTED or f"rank {r} stops after the preemption checkpoint (exit code {PREEMPTED})" in log
     else:
         assert codes == {0: PREEMPTED, 1: PREEMPTED}
     done = losses(job.out)
@@ -169,6 +174,7 @@ def test_stop_signal_saves_at_the_step_boundary_and_resume_repeats_and_skips_not
         assert re.search(rf"preempted after step {stopped}: a stop signal reached rank\(s\) [01, ]+; .* "
                          rf"exit code {PREEMPTED}", log), log[-2000:]
         assert (f"rank {r} received SIGTERM" in log) == (r in signalled)
+        assert f"rank {r} stops after the preemption checkpoint (exit code {PREEMPTED})" in log
     summary = json.loads(job.output().split("summary: ", 1)[1].splitlines()[0])
     assert summary["preempted"] is True and summary["steps"] == stopped
     if launcher:  # the same path from here on: spare the suite a launch

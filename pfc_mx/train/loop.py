@@ -118,12 +118,14 @@ def train(cfg: Config) -> Dict[str, Any]:
     setup_logging(out)
     monitor = faults.RankMonitor(out / "logs" / "heartbeat")
     run: Optional[Run] = None
+    preempted = False
     with faults.StopSignals() as signals:  # also covers the closing work: a launcher's SIGTERM waits for it
         try:
             monitor.start()
             run = Run(cfg, out)
             summary = run.execute(signals)
-            if summary["preempted"]:
+            preempted = summary["preempted"]
+            if preempted:
                 signals.hold()
             dist.barrier()  # no rank leaves while another one still needs it in a collective
         except mx.base.MXNetError as e:
@@ -133,7 +135,9 @@ def train(cfg: Config) -> Dict[str, Any]:
         finally:
             monitor.stop()
             if run is not None:
-                run.close()
+                run.close(plot=not preempted)  # preempted: a launcher's grace period is short, the resume plots
+    if preempted:
+        log.info("rank %d stops after the preemption checkpoint (exit code %d)", dist.rank(), faults.EXIT_PREEMPTED)
     return summary
 
 
@@ -340,9 +344,10 @@ class Run:
         summary.update(extra)
         return summary
 
-    def close(self) -> None:
+    def close(self, plot: bool = True) -> None:
+        """Stop the loader; close the reporter, drawing curves.png on rank 0 when plot."""
         self.loader.close()
-        self.reporter.close(self.out / "curves.png" if dist.rank() == 0 else None)
+        self.reporter.close(self.out / "curves.png" if plot and dist.rank() == 0 else None)
 
 
 def resume(cfg: Config, out: Path, net: gluon.HybridBlock, trainer: gluon.Trainer, pfc: PartialFC,
