@@ -12,7 +12,8 @@ Shards follow shared/DESIGN.md §3 step 4; the initial centers of a global class
 depend only on the seed and the class id, never on the world size, so any
 number of ranks starts from the same global center matrix. Sampling is step 5:
 every positive class of the shard, then negatives drawn uniformly without
-replacement (random scores, positives forced to the top, a partial sort).
+replacement among the other rows (distinct ranks among the non-positives, mapped to rows
+with a search over the positives).
 """
 from __future__ import annotations
 
@@ -65,16 +66,28 @@ def num_sample(sample_rate: float, num_local: int, num_positive: int) -> int:
     return min(num_local, max(int(sample_rate * num_local), num_positive))
 
 
+def complement_rows(positives: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Row of each rank among the rows that are not positives: ranks[i]-th non-positive row (int64).
+
+    positives: sorted unique rows. q_j = positives[j] − j counts the non-positive rows below
+    positives[j]; the r-th non-positive row is r + #{j: q_j <= r}. No array of the shard's size.
+    """
+    shift = positives - np.arange(len(positives), dtype=np.int64)
+    return ranks + np.searchsorted(shift, ranks, side="right")
+
+
 def sample_index(positives: np.ndarray, num_local: int, count: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted (count,) int64 rows: all positives plus count − |positives| uniform negatives.
 
-    positives: unique local rows that must be included (count >= len(positives)).
+    positives: sorted unique local rows that must be included (count >= len(positives)).
+    Negatives: distinct uniform ranks among the num_local − |positives| other rows
+    (Generator.choice without replacement), mapped to rows by complement_rows.
     """
     if count >= num_local:
         return np.arange(num_local, dtype=np.int64)
-    scores = rng.random(num_local)
-    scores[positives] = 2.0  # above every uniform score in [0, 1)
-    index = np.argpartition(scores, num_local - count)[num_local - count:].astype(np.int64)
+    positives = np.asarray(positives, dtype=np.int64)
+    ranks = rng.choice(num_local - len(positives), size=count - len(positives), replace=False)
+    index = np.concatenate([positives, complement_rows(positives, ranks.astype(np.int64))])
     index.sort()
     return index
 

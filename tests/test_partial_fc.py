@@ -194,6 +194,14 @@ def test_negatives_are_uniform_chi_square():
     assert stats.chisquare(negative_counts(biased, 60, positives, 12, 3000)).pvalue < 1e-3
 
 
+def test_complement_rows_equal_setdiff():
+    rng = np.random.default_rng(12)
+    for n, positives in [(10, [0, 1, 5, 9]), (200, rng.choice(200, 37, replace=False)), (50, []), (6, [0, 1, 2])]:
+        positives = np.sort(np.asarray(positives, np.int64))
+        rest = np.setdiff1d(np.arange(n), positives)
+        np.testing.assert_array_equal(shard.complement_rows(positives, np.arange(len(rest))), rest)
+
+
 def test_shards_partition_classes_and_init_is_independent_of_world_size():
     for c, w in [(10, 3), (7, 2), (1, 2), (9000, 4)]:
         ranges = [shard.shard_range(c, w, r) for r in range(w)]
