@@ -14,9 +14,10 @@ when it is loaded, so the choice must be made before ``import mxnet``:
 - OPENBLAS_CORETYPE already set (to anything): nothing is done, the user's
   choice stands.
 - Otherwise the bundled library is asked in a child process (~0.05 s) which
-  kernels it would use. Kernels without AVX2 on a CPU with AVX2 and FMA: this
-  process's environment gets OPENBLAS_CORETYPE=Haswell (processes it starts,
-  such as horovodrun's ranks, inherit it).
+  kernels it would use; the answer goes into PFC_MX_OPENBLAS_DETECTED, so the
+  processes this one starts (horovodrun's ranks, loader workers) do not ask
+  again. Kernels without AVX2 on a CPU with AVX2 and FMA: this process's
+  environment gets OPENBLAS_CORETYPE=Haswell, which those processes inherit.
 - mxnet already imported: the loaded library is asked instead, and a warning
   says how to set the variable.
 
@@ -39,10 +40,11 @@ log = logging.getLogger(__name__)
 FALLBACK_CORE = "Haswell"  # AVX2 + FMA kernels: run on every CPU that has both
 # OpenBLAS core names whose kernels use AVX2 (0.3.13 and later releases)
 AVX2_CORES = frozenset({"haswell", "skylakex", "cooperlake", "sapphirerapids", "zen", "excavator"})
+DETECTED_ENV = "PFC_MX_OPENBLAS_DETECTED"  # the bundled OpenBLAS's own choice, passed to child processes
 _QUERY = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); lib.openblas_get_corename.restype = ctypes.c_char_p; "
           "print(lib.openblas_get_corename().decode())")
 
-_state: Dict[str, Optional[str]] = {"detected": None, "chosen": None, "note": None}
+_state: Dict[str, Optional[str]] = {"detected": None, "note": None}
 
 
 def bundled_library() -> Optional[Path]:
@@ -97,12 +99,13 @@ def select_core() -> None:
         if "mxnet" in sys.modules:
             core = _loaded_core(library)
         else:
-            core = subprocess.run([sys.executable, "-c", _QUERY, str(library)], capture_output=True, text=True,
-                                  timeout=60, check=True).stdout.strip()
+            core = os.environ.get(DETECTED_ENV) or subprocess.run(
+                [sys.executable, "-c", _QUERY, str(library)], capture_output=True, text=True, timeout=60,
+                check=True).stdout.strip()
     except (OSError, AttributeError, subprocess.SubprocessError) as exc:
         _state["note"] = f"could not ask OpenBLAS for its kernels: {exc}"
         return
-    _state["detected"] = core
+    _state["detected"] = os.environ[DETECTED_ENV] = core
     if not misdetected(core, _cpuinfo()):
         _state["note"] = f"OpenBLAS kernels: {core}"
         return
@@ -112,7 +115,6 @@ def select_core() -> None:
                     "OPENBLAS_CORETYPE=%s before starting Python, or import pfc_mx before mxnet.", core, FALLBACK_CORE)
         return
     os.environ["OPENBLAS_CORETYPE"] = FALLBACK_CORE
-    _state["chosen"] = FALLBACK_CORE
     _state["note"] = f"OPENBLAS_CORETYPE={FALLBACK_CORE} (OpenBLAS would use its {core} kernels on this AVX2 CPU)"
 
 

@@ -30,7 +30,7 @@ PROBE = textwrap.dedent("""
 
 
 def probe(order: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", blas.DETECTED_ENV)}
     result = subprocess.run([sys.executable, "-c", PROBE, order], cwd=ROOT, env={**clean, **env},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -65,6 +65,12 @@ def test_a_coretype_set_by_the_user_stands():
     out = probe("pfc_mx-first", OPENBLAS_CORETYPE="Sandybridge")
     assert out["loaded"] == "Sandybridge" and out["detected"] is None
     assert out["note"] == "OPENBLAS_CORETYPE=Sandybridge (from the environment)"
+
+
+@needs_bundled
+def test_a_child_process_takes_the_answer_from_its_parent_instead_of_asking_again():
+    out = probe("pfc_mx-first", **{blas.DETECTED_ENV: "Haswell"})  # whatever this CPU gets: not asked
+    assert out["detected"] == "Haswell" and out["env"] is None, out
 
 
 @needs_bundled

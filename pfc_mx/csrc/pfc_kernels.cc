@@ -271,10 +271,9 @@ MXReturnValue margin_softmax_forward(const Attrs& attrs, std::vector<MXTensor>* 
   float* stats = (*out)[2].data<float>();
   if (!finite_attrs("pfc_margin_softmax", attrs, {"m1", "m2", "m3", "scale", "threshold"}))
     return mxnet::ext::MX_FAIL;
-  const double m2 = attr_float(attrs, "m2", 0.0f);
-  const Margin margin{attr_float(attrs, "m1", 1.0f), static_cast<float>(m2), attr_float(attrs, "m3", 0.0f),
-                      static_cast<float>(m2 * std::sin(m2)),
-                      attr_float(attrs, "m1", 1.0f) == 1.0f && m2 == 0.0};
+  const float m1 = attr_float(attrs, "m1", 1.0f), m2 = attr_float(attrs, "m2", 0.0f);
+  const Margin margin{m1, m2, attr_float(attrs, "m3", 0.0f), static_cast<float>(double{m2} * std::sin(double{m2})),
+                      m1 == 1.0f && m2 == 0.0f};
   const float scale = attr_float(attrs, "scale", 1.0f);
   const float threshold = attr_float(attrs, "threshold", 0.0f);
   if (attr_flag(attrs, "filter")) {

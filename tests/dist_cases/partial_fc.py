@@ -65,10 +65,8 @@ def run_head(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, np.ndarray
             "used_per_step": np.array([len(i) for i in indices])}
 
 
-def unequal_batch_error() -> str:
-    """Rank 1 passes one sample fewer: every rank must raise ValueError (and none may hang)."""
-    pfc = PartialFC(5, 4)
-    b = 3 - dist.rank()
+def value_error(pfc: PartialFC, b: int) -> str:
+    """The ValueError message of one step of pfc on b samples of this rank ("" when none is raised)."""
     try:
         pfc.forward_backward(mx.nd.ones((b, 4)), mx.nd.zeros((b,)))
     except ValueError as e:
@@ -76,14 +74,14 @@ def unequal_batch_error() -> str:
     return ""
 
 
+def unequal_batch_error() -> str:
+    """Rank 1 passes one sample fewer: every rank must raise ValueError (and none may hang)."""
+    return value_error(PartialFC(5, 4), 3 - dist.rank())
+
+
 def mixed_kernels_error() -> str:
     """Rank 0 fused, rank 1 stock (the losses would differ in their last bits): every rank must raise."""
-    pfc = PartialFC(5, 4, kernels="fused" if dist.rank() == 0 else "stock")
-    try:
-        pfc.forward_backward(mx.nd.ones((2, 4)), mx.nd.zeros((2,)))
-    except ValueError as e:
-        return str(e)
-    return ""
+    return value_error(PartialFC(5, 4, kernels="fused" if dist.rank() == 0 else "stock"), 2)
 
 
 @case
