@@ -6,6 +6,7 @@ Usage::
     dist.init()                       # hvd.init() under horovodrun, else a size-1 world
     x = mx.nd.ones((4, 512), ctx=dist.context())
     X = dist.allgather(x)             # (4 * dist.size(), 512), rank order
+    X = dist.gather_rows(x)           # the same when every rank has the same shape, without blocking
     m = dist.allreduce(x, op="max")   # element-wise max over ranks
 
 Every collective takes and returns MXNet NDArrays. In the size-1 fallback (the
@@ -18,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 _hvd: Any = None  # horovod.mxnet once init() ran under horovodrun
 _OPS = ("sum", "max", "min")
 _calls = itertools.count()  # numbers unnamed collectives in program order
+_zero_blocks: Dict[Tuple[Tuple[int, ...], str, str], mx.nd.NDArray] = {}  # gather_rows' padding by shape
 
 
 def _name(kind: str, name: Optional[str]) -> str:
@@ -99,12 +101,17 @@ def _op(op: str) -> Any:
     return {"sum": _hvd.Sum, "max": _hvd.Max, "min": _hvd.Min}[op]
 
 
-def allreduce(x: mx.nd.NDArray, op: str = "sum", name: Optional[str] = None) -> mx.nd.NDArray:
-    """Element-wise reduction of x over ranks; op is 'sum', 'max' or 'min'. Same shape as x."""
+def allreduce(x: mx.nd.NDArray, op: str = "sum", name: Optional[str] = None,
+              inplace: bool = False) -> mx.nd.NDArray:
+    """Element-wise reduction of x over ranks; op is 'sum', 'max' or 'min'. Same shape as x.
+
+    inplace: the result overwrites x (no zero-filled output array is made).
+    """
     if _hvd is None:
         _op_check(op)
         return x
-    return _hvd.allreduce(x, op=_op(op), name=_name("allreduce", name))
+    reduce = _hvd.allreduce_ if inplace else _hvd.allreduce
+    return reduce(x, op=_op(op), name=_name("allreduce", name))
 
 
 def grouped_allreduce(xs: Sequence[mx.nd.NDArray], op: str = "sum",
@@ -124,6 +131,26 @@ def allgather(x: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
     if _hvd is None:
         return x
     return _hvd.allgather(x, name=_name("allgather", name))
+
+
+def gather_rows(x: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
+    """allgather of arrays with the same shape and dtype on every rank, without blocking: (W·n, ...) in rank order.
+
+    Horovod's allgather returns only once it is done (it sizes its output then), so
+    Python cannot queue the next operators while the ranks exchange. Here each rank
+    copies its rows into zeros at its own offset and the ranks sum in place: every
+    element has one nonzero term, so the values arrive exactly (-0.0 becomes +0.0),
+    and the call returns at once.
+    """
+    if _hvd is None:
+        return x
+    key = (tuple(x.shape), str(x.dtype), str(x.context))
+    zero = _zero_blocks.get(key)
+    if zero is None:  # kept: the same shapes come back every step
+        zero = _zero_blocks[key] = mx.nd.zeros(x.shape, ctx=x.context, dtype=x.dtype)
+    blocks = [zero] * rank() + [x] + [zero] * (size() - rank() - 1)
+    out = mx.nd.concat(*blocks, dim=0)  # one operator; a new array, so the summing may overwrite it
+    return allreduce(out, op="sum", name=_name("gather_rows", name), inplace=True)
 
 
 def broadcast(x: mx.nd.NDArray, root: int = 0, name: Optional[str] = None) -> mx.nd.NDArray:

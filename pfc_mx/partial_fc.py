@@ -32,11 +32,14 @@ Two implementations of the same math, chosen by ``kernels`` (default: the
 PFC_MX_KERNELS environment variable, else "auto"):
 - "fused" (auto on CPU): the operators of pfc_mx.kernels (C++, built once per
   machine). One pass gathers the used rows already normalised, one pass does
-  margin + softmax + log-normaliser, one combines the ranks' sums into the
-  loss, one makes dL/dcos and the center-norm term r, and the update assembles
-  each row's gradient inside its own pass; around them only the three matrix
-  products and the gradient through the embeddings' normalisation. Every rank
-  must use the same implementation (checked with the labels).
+  margin + softmax + log-normaliser over the logits in place (no pass over
+  N × S after it: dL/dcos is a row factor times that softmax off the targets,
+  so the factors go on the N × D side of the products), one combines the
+  ranks' sums into the loss, and the update assembles each row's gradient
+  (target entries, the term through w / ν) inside its own pass; around them
+  only the three matrix products and the gradient through the embeddings'
+  normalisation. Every rank must use the same implementation (checked with
+  the labels).
 - "stock" (GPUs, or when the kernels cannot be built): stock MXNet operators.
   Centers are never normalised into a copy: their norms ν come from one
   reading pass and 1/ν is folded into the (N, S) matrices.
@@ -45,10 +48,16 @@ Both are tested against the same references and against each other.
 Memory per rank: weight + momentum (num_local × D float32 each; ``centers_on=
 "host"`` keeps them in host memory and moves only the used rows), plus a
 workspace reused across steps: one S × D buffer (the used rows, later the
-center gradient), N × S logits and N × S probabilities (which become the
-logit gradient); on the stock path a further N × S with inter-class
-filtering, and with every row used on-device the centers are read where they
-are. Embeddings may be float16; all softmax math is float32.
+center gradient) and N × S logits; the stock path adds N × S probabilities
+(which become the logit gradient) and a further N × S with inter-class
+filtering, and with every row used on-device it reads the centers where they
+are. Embeddings may be float16 (every rank the same dtype); all softmax math
+is float32.
+
+Collectives per step: the labels (an all-gather the host waits for: it plans
+the step from them), then the embeddings, the softmax sums and the embedding
+gradient, queued without waiting (dist.gather_rows, in-place all-reduce) so
+that Python queues the whole step while the ranks exchange.
 """
 from __future__ import annotations
 
@@ -68,7 +77,19 @@ from pfc_mx.shard import init_center_rows, plan_step, shard_range, step_rng
 log = logging.getLogger(__name__)
 
 LOWEST = float(np.finfo(np.float32).min)  # log-normaliser of a rank without columns
+EMBEDDING_DTYPES = ("float32", "float16", "float64", "bfloat16")  # codes of the labels' header
 UPDATE_CHUNK_BYTES = 4 << 20              # rows per sparse-update call: 4 MiB of gradient
+
+
+def _host_array(a: Any, dtype: str, ctx: mx.Context) -> mx.nd.NDArray:
+    """NumPy data as an NDArray on ctx without waiting for the engine.
+
+    mx.nd.array copies through a synchronous write that queues behind every
+    operator already pushed (the step's products, say); this wraps a private
+    copy of the data in place (DLPack) and moves it to ctx asynchronously.
+    """
+    data = mx.nd.from_numpy(np.array(a, dtype=dtype, order="C"), zero_copy=True)
+    return data if ctx.device_type == "cpu" else data.as_in_context(ctx)
 
 
 def _zeros(shape: Tuple[int, int], ctx: mx.Context) -> mx.nd.NDArray:
@@ -164,12 +185,17 @@ class PartialFC:
         """(S, D) dL/d weight[last_index] of the last forward_backward; None before it and after step().
 
         The fused path never writes this array during training (the update combines
-        its parts in its own pass); it is assembled here on first access.
+        its parts in its own pass); it is assembled here on first access, in float64.
         """
-        if self._last_grad is None and self._pending is not None and "parts" in self._pending:
-            grad, a, b = self._pending["parts"]
-            w = mx.nd.take(self.weight, self._pending["index"])
-            self._last_grad = mx.nd.broadcast_mul(grad, a.reshape((-1, 1))) + mx.nd.broadcast_mul(w, b.reshape((-1, 1)))
+        if self._last_grad is None and self._pending is not None and "fused" in self._pending:
+            g = self._pending["grad"].asnumpy().astype(np.float64)
+            wnorm, xn, tcol, tcoef = (a.asnumpy() for a in self._pending["fused"])
+            rows = np.flatnonzero(tcol >= 0)
+            np.add.at(g, tcol[rows], tcoef[rows, None].astype(np.float64) * xn[rows])
+            w = self.weight.asnumpy()[self._pending["index"].asnumpy()].astype(np.float64)
+            nu = wnorm.astype(np.float64)[:, None]
+            grad = g / nu - w * (w * g).sum(1, keepdims=True) / nu ** 3
+            self._last_grad = mx.nd.array(grad, ctx=self.ctx, dtype="float32")
         return self._last_grad
 
     # --------------------------------------------------------------- one step
@@ -182,24 +208,26 @@ class PartialFC:
         b = embeddings.shape[0]
         d = embeddings.shape[1] if embeddings.ndim == 2 else -1
         y = labels.asnumpy() if isinstance(labels, mx.nd.NDArray) else np.asarray(labels)
-        all_labels = self._gather_labels(b, d, y.reshape(-1).astype(np.int64))
+        all_labels = self._gather_labels(b, d, str(np.dtype(embeddings.dtype)), y.reshape(-1).astype(np.int64))
         n = self.world * b
-        x_all = dist.allgather(embeddings.as_in_context(self.ctx), name="pfc_mx.pfc.embeddings")
-        if x_all.dtype != np.float32:
-            x_all = x_all.astype("float32")
-        xn, xnorm = fm.normalize_rows(x_all)  # queued first: runs while the host plans the step
+        # queued, not waited for: the ranks exchange embeddings while this host plans the step
+        x_all = dist.gather_rows(embeddings.as_in_context(self.ctx), name="pfc_mx.pfc.embeddings")
         rng = step_rng(self.seed, self.rank, self._step) if self.sample_rate < 1 else None
         plan = plan_step(all_labels, self.class_start, self.num_local, self.sample_rate, rng)
         self._step += 1
-        local = self._local_forward(plan, xn, n)
+        local = self._start_local(plan, n)
+        # queued after the planning: a multi-threaded operator running beside this busy thread waits for it
+        xn, xnorm = fm.normalize_rows(x_all if x_all.dtype == np.float32 else x_all.astype("float32"))
+        self._local_forward(local, xn, n)
         # one collective for both softmax sums: every rank's (log-normaliser, target logit) rows
-        parts = dist.allgather(local["parts"].reshape((1, 2, n)), name="pfc_mx.pfc.softmax_parts")
+        parts = dist.gather_rows(local["parts"].reshape((1, 2, n)), name="pfc_mx.pfc.softmax_parts")
         if self.fused:
             lse, loss = mx.nd.pfc_softmax_loss(parts)
         else:
             lse = fm.combine_log_normalizers(parts[:, 0])
             loss = fm.softmax_ce_loss(lse, mx.nd.sum(parts[:, 1], axis=0))
-        dxn = dist.allreduce(self._local_backward(local, lse, xn, n), op="sum", name="pfc_mx.pfc.embedding_grad")
+        dxn = dist.allreduce(self._local_backward(local, lse, xn, n), op="sum", name="pfc_mx.pfc.embedding_grad",
+                             inplace=True)
         if "center_grad" in local:  # queued after the all-reduce: the product runs while the ranks exchange dxn
             local["center_grad"]()
         rows = slice(self.rank * b, (self.rank + 1) * b)
@@ -216,10 +244,9 @@ class PartialFC:
         index, grad = pending["index"], pending["grad"]
         if grad is None:
             return
-        if "parts" in pending:  # fused: gradient assembled inside the update's pass
-            _, a, b = pending["parts"]
-            mx.nd.pfc_sparse_sgd(self.weight, grad, self.momentum, index, a, b, lr=float(lr),
-                                 momentum=float(momentum or 0.0), wd=float(wd), out=self.weight)
+        if "fused" in pending:  # gradient assembled inside the update's pass
+            mx.nd.pfc_sparse_sgd(self.weight, grad, self.momentum, index, *pending["fused"], lr=float(lr),
+                                 momentum=float(momentum or 0.0), wd=float(wd), normalize=True, out=self.weight)
             return
         kw = dict(lr=float(lr), wd=float(wd), rescale_grad=1.0)
         if momentum:
@@ -244,22 +271,24 @@ class PartialFC:
                 mx.nd.sgd_update(self.weight, rsp, out=self.weight, lazy_update=True, **kw)
 
     # ---------------------------------------------------------------- helpers
-    def _gather_labels(self, b: int, d: int, y: np.ndarray) -> np.ndarray:
+    def _gather_labels(self, b: int, d: int, dtype: str, y: np.ndarray) -> np.ndarray:
         """All ranks' labels (N,) in rank order.
 
-        Each rank sends (B, D, number of labels, fused kernels or not, labels); every
-        check runs on the gathered data, so a bad input on one rank raises ValueError
-        on every rank instead of leaving the others waiting in a collective.
+        Each rank sends (B, D, number of labels, fused kernels or not, embedding dtype,
+        labels); every check runs on the gathered data, so a bad input on one rank
+        raises ValueError on every rank instead of leaving the others waiting in a
+        collective.
         """
-        header = [b, d, len(y), int(self.fused)]
-        packed = dist.allgather(mx.nd.array(np.concatenate([header, y]), dtype="int32"), name="pfc_mx.pfc.labels")
+        code = EMBEDDING_DTYPES.index(dtype) if dtype in EMBEDDING_DTYPES else len(EMBEDDING_DTYPES)
+        header = [b, d, len(y), int(self.fused), code]
+        packed = dist.allgather(_host_array(np.concatenate([header, y]), "int32", mx.cpu()), name="pfc_mx.pfc.labels")
         packed = packed.asnumpy().astype(np.int64)
         headers, parts, pos, k = [], [], 0, len(header)
         for _ in range(self.world):
             headers.append(tuple(int(v) for v in packed[pos:pos + k]))
             parts.append(packed[pos + k:pos + k + headers[-1][2]])
             pos += k + headers[-1][2]
-        sizes, dims, counts, fused = zip(*headers)
+        sizes, dims, counts, fused, dtypes = zip(*headers)
         if len(set(sizes)) != 1:
             raise ValueError(f"every rank must pass the same batch size, got {list(sizes)} on ranks "
                              f"0..{self.world - 1}")
@@ -268,6 +297,10 @@ class PartialFC:
                              "(-1: not 2-D)")
         if counts != sizes:
             raise ValueError(f"got {list(counts)} labels for {list(sizes)} embeddings per rank")
+        if len(set(dtypes)) != 1:  # the embeddings are exchanged as raw values of one dtype
+            names = [EMBEDDING_DTYPES[c] if c < len(EMBEDDING_DTYPES) else "other" for c in dtypes]
+            raise ValueError(f"every rank must pass embeddings of the same dtype, got {names} on ranks "
+                             f"0..{self.world - 1}")
         if len(set(fused)) != 1:  # the ranks would compute the loss in different ways
             raise ValueError(f"ranks disagree on the Partial FC kernels (fused: {[bool(f) for f in fused]} on ranks "
                              f"0..{self.world - 1}); set partial_fc.kernels (or PFC_MX_KERNELS) to 'stock' or make "
@@ -285,10 +318,11 @@ class PartialFC:
             self._ws = {}  # free the old buffers before allocating new ones
             ctx = self.ctx
             ws = {"key": key, "rows": mx.nd.empty((s, self.embedding_size), ctx=ctx),
-                  "wnorm": mx.nd.empty((s,), ctx=ctx), "logits": mx.nd.empty((n, s), ctx=ctx),
-                  "probs": mx.nd.empty((n, s), ctx=ctx)}
-            if self.threshold > 0 and not self.fused:
-                ws["keep"] = mx.nd.empty((n, s), ctx=ctx)
+                  "wnorm": mx.nd.empty((s,), ctx=ctx), "logits": mx.nd.empty((n, s), ctx=ctx)}
+            if not self.fused:  # the fused softmax overwrites the logits
+                ws["probs"] = mx.nd.empty((n, s), ctx=ctx)
+                if self.threshold > 0:
+                    ws["keep"] = mx.nd.empty((n, s), ctx=ctx)
             self._ws = ws
         return self._ws
 
@@ -297,13 +331,13 @@ class PartialFC:
         else a copy in ws["rows"]."""
         if index is None:
             return self.weight if self.store_ctx == self.ctx else self.weight.copyto(ws["rows"])
-        idx = mx.nd.array(index, ctx=self.store_ctx, dtype="int64")
+        idx = _host_array(index, "int64", self.store_ctx)
         if self.store_ctx == self.ctx:
             return mx.nd.take(self.weight, idx, out=ws["rows"])
         return mx.nd.take(self.weight, idx).copyto(ws["rows"])
 
-    def _local_forward(self, plan: Any, xn: mx.nd.NDArray, n: int) -> Dict[str, Any]:
-        """Logits on this rank's used rows → softmax into the workspace; local log-normaliser and target logit."""
+    def _start_local(self, plan: Any, n: int) -> Dict[str, Any]:
+        """The step's state on this rank and what needs no embeddings: workspace, the used rows and their norms."""
         s = plan.num_rows
         if plan.index is not None:
             self.last_index = plan.index
@@ -312,33 +346,42 @@ class PartialFC:
         self._last_grad = None
         out: Dict[str, Any] = {"s": s, "plan": plan}
         if s == 0:  # log-normaliser "−inf", target logit 0
-            out["parts"] = mx.nd.array(np.stack([np.full(n, LOWEST), np.zeros(n)]), ctx=self.ctx, dtype="float32")
+            out["parts"] = _host_array(np.stack([np.full(n, LOWEST), np.zeros(n)]), "float32", self.ctx)
             return out
-        ws = self._workspace(n, s)
+        out["ws"] = ws = self._workspace(n, s)
         if self.fused:
-            return self._fused_forward(plan, xn, n, ws, out)
+            return self._fused_start(plan, ws, out)
         out["w"] = w = self._used_rows(plan.index, ws)
-        wnorm = fm.row_norms(w, out=ws["wnorm"])
+        fm.row_norms(w, out=ws["wnorm"])
+        return out
+
+    def _local_forward(self, local: Dict[str, Any], xn: mx.nd.NDArray, n: int) -> None:
+        """Logits on this rank's used rows → softmax into the workspace; local log-normaliser and target logit
+        (local["parts"])."""
+        s, plan = local["s"], local["plan"]
+        if s == 0:
+            return
+        if self.fused:
+            return self._fused_forward(local, xn, n)
+        ws, w, wnorm = local["ws"], local["w"], local["ws"]["wnorm"]
         logits = mx.nd.dot(xn * self.scale, w, transpose_b=True, out=ws["logits"])
         mx.nd.broadcast_div(logits, wnorm.reshape((1, s)), out=logits)  # s·cos
         rows = np.flatnonzero(plan.local_labels >= 0)
         if len(rows):
-            out["rows"] = mx.nd.array(rows, ctx=self.ctx, dtype="int64")
-            out["tindex"] = mx.nd.array(np.stack([rows, plan.local_labels[rows]]), ctx=self.ctx, dtype="int64")
-            out["cos_t"] = mx.nd.gather_nd(logits, out["tindex"]) / self.scale
-            f, df = target_logit_and_derivative(out["cos_t"], self.margin)
-            out["logit_t"], out["dlogit_t"] = f * self.scale, df
+            local["rows"] = _host_array(rows, "int64", self.ctx)
+            local["tindex"] = _host_array(np.stack([rows, plan.local_labels[rows]]), "int64", self.ctx)
+            local["cos_t"] = mx.nd.gather_nd(logits, local["tindex"]) / self.scale
+            f, df = target_logit_and_derivative(local["cos_t"], self.margin)
+            local["logit_t"], local["dlogit_t"] = f * self.scale, df
         if self.threshold > 0:
             keep_mask(logits, self.threshold * self.scale, out=ws["keep"])
             mx.nd.elemwise_mul(logits, ws["keep"], out=logits)
         target = mx.nd.zeros((n,), ctx=self.ctx)
         if len(rows):
-            fm.scatter(logits, out["tindex"], out["logit_t"])
-            target = mx.nd.scatter_nd(out["logit_t"], out["rows"].reshape((1, -1)), shape=(n,))
-        out["lse"] = fm.local_log_normalizer(logits, ws["probs"])
-        out["parts"] = mx.nd.stack(out["lse"], target)
-        out["ws"] = ws
-        return out
+            fm.scatter(logits, local["tindex"], local["logit_t"])
+            target = mx.nd.scatter_nd(local["logit_t"], local["rows"].reshape((1, -1)), shape=(n,))
+        local["lse"] = fm.local_log_normalizer(logits, ws["probs"])
+        local["parts"] = mx.nd.stack(local["lse"], target)
 
     def _local_backward(self, local: Dict[str, Any], lse: mx.nd.NDArray, xn: mx.nd.NDArray,
                         n: int) -> mx.nd.NDArray:
@@ -353,7 +396,7 @@ class PartialFC:
             return mx.nd.zeros((n, self.embedding_size), ctx=self.ctx)
         if self.fused:
             return self._fused_backward(local, lse, xn, n)
-        index = None if plan.index is None else mx.nd.array(plan.index, ctx=self.store_ctx, dtype="int64")
+        index = None if plan.index is None else _host_array(plan.index, "int64", self.store_ctx)
         ws, w = local["ws"], local["w"]
         logits, probs, wnorm = ws["logits"], ws["probs"], ws["wnorm"]
         # off the targets dL/dcos = g·P (P: local softmax, g: this rank's share of the row · s/N); the row
@@ -385,52 +428,57 @@ class PartialFC:
         local["center_grad"] = center_grad
         return dxn
 
-    def _fused_forward(self, plan: Any, xn: mx.nd.NDArray, n: int, ws: Dict[str, mx.nd.NDArray],
-                       out: Dict[str, Any]) -> Dict[str, Any]:
-        """_local_forward with the fused kernels: normalised rows gathered in one pass, margin and softmax in one.
+    def _fused_start(self, plan: Any, ws: Dict[str, mx.nd.NDArray], out: Dict[str, Any]) -> Dict[str, Any]:
+        """_start_local with the fused kernels: the used rows gathered already normalised, in one pass.
 
         Unlike the stock path the used centers are always copied, normalised, into
         ws["rows"] (at rate 1 the stock path reads the weight in place instead), so
-        the (N, S) logits need no division. Host arrays are made first: making one
-        waits for the engine, which would otherwise idle behind the product.
+        the (N, S) logits need no division.
         """
-        s = plan.num_rows
         if plan.index is not None:
-            idx = mx.nd.array(plan.index, ctx=self.ctx, dtype="int64")
+            idx = _host_array(plan.index, "int64", self.ctx)
         else:  # every row, kept with the workspace
             idx = ws.get("all_rows")
             if idx is None:
                 idx = ws["all_rows"] = mx.nd.arange(self.num_local, ctx=self.ctx, dtype="int64")
-        out["tcol"] = mx.nd.array(plan.local_labels, ctx=self.ctx, dtype="int64")  # -1: not in this shard
         out["index"] = idx
-        rows, out["wnorm"] = mx.nd.pfc_gather_normalize(self.weight, idx, out=[ws["rows"], ws["wnorm"]])
-        logits = mx.nd.linalg.gemm2(xn, rows, transpose_b=True, alpha=self.scale, out=ws["logits"])  # s·cos
-        m1, m2, m3 = self.margin
-        out["parts"], out["stats"] = mx.nd.empty((2, n), ctx=self.ctx), mx.nd.empty((3, n), ctx=self.ctx)
-        mx.nd.pfc_margin_softmax(logits, out["tcol"], m1=m1, m2=m2, m3=m3, scale=self.scale,
-                                 filter=self.threshold > 0, threshold=self.threshold * self.scale,
-                                 out=[ws["probs"], out["parts"], out["stats"]])
-        out["ws"] = ws
+        mx.nd.pfc_gather_normalize(self.weight, idx, out=[ws["rows"], ws["wnorm"]])
+        out["tcol"] = _host_array(plan.local_labels, "int64", self.ctx)  # -1: not in this shard
+        out["parts"] = mx.nd.empty((2, len(plan.local_labels)), ctx=self.ctx)
+        out["stats"] = mx.nd.empty((3, len(plan.local_labels)), ctx=self.ctx)
         return out
+
+    def _fused_forward(self, local: Dict[str, Any], xn: mx.nd.NDArray, n: int) -> None:
+        """_local_forward with the fused kernels: margin, softmax and its sums in one pass, in place.
+
+        The product expo·ŵ of the embedding gradient is queued here too: it needs
+        only this rank's softmax, so it runs while the ranks gather their parts.
+        """
+        ws = local["ws"]
+        logits = mx.nd.linalg.gemm2(xn, ws["rows"], transpose_b=True, alpha=self.scale, out=ws["logits"])  # s·cos
+        m1, m2, m3 = self.margin
+        expo = mx.nd.pfc_margin_softmax(logits, local["tcol"], m1=m1, m2=m2, m3=m3, scale=self.scale,
+                                        filter=self.threshold > 0, threshold=self.threshold * self.scale,
+                                        out=[logits, local["parts"], local["stats"]])[0]
+        local["expo_rows"] = mx.nd.dot(expo, ws["rows"])
 
     def _fused_backward(self, local: Dict[str, Any], lse: mx.nd.NDArray, xn: mx.nd.NDArray,
                         n: int) -> mx.nd.NDArray:
-        """_local_backward with the fused kernels: one pass makes dL/dcos (N, S) and the norm terms.
+        """_local_backward with the fused kernels: no pass over (N, S) after the softmax.
 
-        With D = dL/dcos and ŵ = w / ν: dxn = D·ŵ and dL/dw = (Dᵀ·xn − r ŵ) / ν,
-        r = Σ_i D·cos; the product Dᵀ·xn goes to ws["rows"] (ŵ is spent by then)
-        and step() applies a = 1/ν, b = −r/ν² to it and to the raw rows.
+        Off the targets dL/dcos = g_i·expo (row factors g from the global lse), so
+        dxn = g·(expo·ŵ) + the target entries, and the center product
+        G = expoᵀ·(g·xn) goes to ws["rows"] (ŵ is spent by then); step() adds the
+        target entries and the term through w / ν inside its pass over the rows.
         """
-        ws, s = local["ws"], local["s"]
-        a, b = mx.nd.empty((s,), ctx=self.ctx), mx.nd.empty((s,), ctx=self.ctx)
-        dcos = mx.nd.pfc_softmax_grad(ws["logits"], ws["probs"], local["parts"], local["stats"], lse, local["tcol"],
-                                      local["wnorm"], scale=self.scale, filter=self.threshold > 0,
-                                      threshold=self.threshold * self.scale, out=[ws["probs"], a, b])[0]
-        dxn = mx.nd.dot(dcos, ws["rows"])
+        ws = local["ws"]
+        dxn, xs, tcoef = mx.nd.pfc_softmax_scale(local["expo_rows"], ws["rows"], xn, local["parts"], local["stats"],
+                                                 lse, local["tcol"], scale=self.scale)
 
         def center_grad() -> None:
-            grad = mx.nd.linalg.gemm2(dcos, xn, transpose_a=True, out=ws["rows"])
-            self._pending = {"index": local["index"], "grad": grad, "parts": (grad, a, b)}
+            grad = mx.nd.linalg.gemm2(ws["logits"], xs, transpose_a=True, out=ws["rows"])
+            self._pending = {"index": local["index"], "grad": grad,
+                             "fused": (ws["wnorm"], xn, local["tcol"], tcoef)}
 
         local["center_grad"] = center_grad
         return dxn

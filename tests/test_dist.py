@@ -15,7 +15,8 @@ def test_single_process_fallback_returns_inputs_unchanged():
     dist.init()
     assert (dist.rank(), dist.size(), dist.local_rank()) == (0, 1, 0)
     x = mx.nd.array(rank_values(0))
-    for out in (dist.allgather(x), dist.allreduce(x, "sum"), dist.allreduce(x, "max"), dist.broadcast(x)):
+    for out in (dist.allgather(x), dist.allreduce(x, "sum"), dist.allreduce(x, "max"), dist.broadcast(x),
+                dist.gather_rows(x), dist.allreduce(x, "sum", inplace=True)):
         np.testing.assert_array_equal(out.asnumpy(), x.asnumpy())
     assert dist.allgather_object({"a": 1}) == [{"a": 1}]
     assert dist.context() == mx.cpu()
@@ -40,6 +41,15 @@ def test_two_ranks_receive_exact_collective_values(tmp_path):
         np.testing.assert_array_equal(res["sum"], a0 + a1)
         np.testing.assert_array_equal(res["max"], np.maximum(a0, a1))
         np.testing.assert_array_equal(res["min"], np.minimum(a0, a1))
+        np.testing.assert_array_equal(res["sum_inplace"], a0 + a1)
+        assert bool(res["sum_inplace_is_input"])
+        np.testing.assert_array_equal(res["gather_rows"], np.concatenate([a0, a1]))
+        np.testing.assert_array_equal(res["gather_rows_f16"], np.concatenate([a0, a1]).astype(np.float16))
+        assert res["gather_rows_f16"].dtype == np.float16
+        # a sum with zeros keeps NaN payloads, subnormals and infinities; only -0.0 becomes +0.0
+        exact = special_values().view(np.uint32).copy()
+        exact[0] = 0
+        np.testing.assert_array_equal(res["gather_rows_bits"], np.concatenate([exact, rank_values(1)[0].view(np.uint32)]))
         np.testing.assert_array_equal(res["grouped_sum"], np.stack([a0 + a1, 2 * (a0 + a1)]))
         np.testing.assert_array_equal(res["broadcast"], a1)
         np.testing.assert_array_equal(res["broadcast_bits"], special_values().view(np.uint32))  # bit for bit

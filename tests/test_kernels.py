@@ -78,7 +78,11 @@ def test_margin_softmax_equals_float64_softmax_with_the_margin_of_margin_py(marg
     np.testing.assert_array_equal(rowmax, m.astype(np.float32))
     # exp of the float32 difference (the rounding of x - m is the input's, not the kernel's); exp(-87) is the floor
     diff = (eff.astype(np.float32) - m[:, None].astype(np.float32)).astype(np.float64)
-    np.testing.assert_allclose(e, np.maximum(np.exp(diff), np.exp(-87.0)), rtol=2e-7, atol=1e-44)
+    ref_e = np.maximum(np.exp(diff), np.exp(-87.0))
+    if threshold is not None:  # dL/dcos of a filtered entry is 0, not a multiple of its exp
+        ref_e[x > threshold] = 0.0
+    ref_e[rows, target[rows]] = 0.0  # the target entry's gradient has its own factor
+    np.testing.assert_allclose(e, ref_e, rtol=2e-7, atol=1e-44)
     np.testing.assert_allclose(lse, m + np.log(np.exp(eff - m[:, None]).sum(1)), rtol=1e-6)
 
 
@@ -113,36 +117,38 @@ def test_softmax_loss_combines_the_ranks_in_float64():
     np.testing.assert_allclose(loss[0], np.mean(ref - parts[:, 1].astype(np.float64).sum(0)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("threshold", [None, 5.0])
-def test_softmax_grad_equals_numpy_in_place(threshold):
+def test_margin_softmax_in_place_equals_a_separate_output():
+    rng = np.random.default_rng(8)
+    x = (rng.uniform(-1, 1, (6, 300)) * 16).astype(np.float32)
+    target = np.array([0, -1, 299, 5, 5, -1], np.int64)
+    separate = margin_softmax(x, target, (1.0, 0.5, 0.0), 16.0, 4.0)
+    logits = mx.nd.array(x)
+    outs = mx.nd.pfc_margin_softmax(logits, mx.nd.array(target, dtype="int64"), m1=1.0, m2=0.5, m3=0.0, scale=16.0,
+                                    filter=True, threshold=4.0, out=[logits, mx.nd.empty((2, 6)), mx.nd.empty((3, 6))])
+    for ours, ref in zip([logits.asnumpy()] + [o.asnumpy() for o in outs[1:]], separate):
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_softmax_scale_equals_numpy():
     rng = np.random.default_rng(2)
-    n, s, scale = 7, 513, 8.0
-    x = (rng.uniform(-1, 1, (n, s)) * scale).astype(np.float32)
-    e = rng.random((n, s)).astype(np.float32)
+    n, s, d, scale = 7, 513, 33, 8.0
+    expo_rows, xn = rng.standard_normal((2, n, d)).astype(np.float32)
+    rows = rng.standard_normal((s, d)).astype(np.float32)
     target = np.array([0, -1, 512, 256, 256, 3, -1], np.int64)
     lse = rng.uniform(5, 9, n).astype(np.float32)
     parts = np.stack([lse - 1, rng.uniform(-8, 8, n)]).astype(np.float32)
     stats = np.stack([lse - 2, rng.uniform(-1, 1, n), rng.uniform(0.5, 2, n)]).astype(np.float32)
-    norm = rng.uniform(0.1, 3, s).astype(np.float32)
-    grad_buffer = mx.nd.array(e)
-    _, a, b = mx.nd.pfc_softmax_grad(mx.nd.array(x), grad_buffer, mx.nd.array(parts), mx.nd.array(stats),
-                                     mx.nd.array(lse), mx.nd.array(target, dtype="int64"), mx.nd.array(norm),
-                                     scale=scale, filter=threshold is not None, threshold=threshold or 0.0,
-                                     out=[grad_buffer, mx.nd.empty((s,)), mx.nd.empty((s,))])
+    stats[2, target < 0] = 0.0  # f' is 0 without a target (pfc_margin_softmax)
+    dxn, xs, tcoef = (o.asnumpy() for o in mx.nd.pfc_softmax_scale(
+        mx.nd.array(expo_rows), mx.nd.array(rows), mx.nd.array(xn), mx.nd.array(parts), mx.nd.array(stats),
+        mx.nd.array(lse), mx.nd.array(target, dtype="int64"), scale=scale))
     c = scale / n
-    rowscale = np.exp(stats[0].astype(np.float64) - lse) * c
-    dtarget = stats[2] * (np.exp(parts[1].astype(np.float64) - lse) - 1) * c
-    ref = rowscale[:, None] * e
-    cos = x / np.float64(scale)
-    if threshold is not None:
-        ref[x > threshold] = 0.0
-    rows = np.flatnonzero(target >= 0)
-    ref[rows, target[rows]] = dtarget[rows]
-    cos[rows, target[rows]] = stats[1][rows]
-    np.testing.assert_allclose(grad_buffer.asnumpy(), ref, rtol=1e-5, atol=1e-7)
-    r = (ref * cos).sum(0)
-    np.testing.assert_allclose(a.asnumpy(), 1 / norm.astype(np.float64), rtol=1e-6)
-    np.testing.assert_allclose(b.asnumpy(), -r / norm.astype(np.float64) ** 2, rtol=1e-4, atol=1e-6)
+    g = np.exp(stats[0].astype(np.float64) - lse) * c
+    ref_t = np.where(target >= 0, stats[2] * (np.exp(parts[1].astype(np.float64) - lse) - 1) * c, 0.0)
+    ref_dxn = g[:, None] * expo_rows + ref_t[:, None] * rows[np.maximum(target, 0)] * (target >= 0)[:, None]
+    np.testing.assert_allclose(tcoef, ref_t, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(xs, g[:, None] * xn, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dxn, ref_dxn, rtol=1e-5, atol=1e-6)
 
 
 def test_normalize_grad_equals_numpy_on_row_views():
@@ -156,6 +162,11 @@ def test_normalize_grad_equals_numpy_on_row_views():
     np.testing.assert_allclose(out.asnumpy(), (dy[rows] - y[rows] * dots) / norm[rows, None], rtol=1e-5, atol=1e-6)
 
 
+def no_targets(d: int):
+    """xn, target, tcoef of pfc_sparse_sgd for a batch without target entries."""
+    return mx.nd.zeros((1, d)), mx.nd.array([-1], dtype="int64"), mx.nd.zeros((1,))
+
+
 @pytest.mark.parametrize("momentum", [0.9, 0.0])
 def test_sparse_sgd_is_bit_identical_to_mxnet_lazy_update(momentum):
     rng = np.random.default_rng(3)
@@ -167,9 +178,8 @@ def test_sparse_sgd_is_bit_identical_to_mxnet_lazy_update(momentum):
     idx = mx.nd.array(index, dtype="int64")
     kw = dict(lr=0.07, wd=5e-4)
     ours_w, ours_m = mx.nd.array(w), mx.nd.array(m)
-    # a = 0.5 on a doubled gradient and b = 0: the same gradient, exactly
-    mx.nd.pfc_sparse_sgd(ours_w, mx.nd.array(grad * 2), ours_m, idx, mx.nd.full((s,), 0.5), mx.nd.zeros((s,)),
-                         momentum=momentum, out=ours_w, **kw)
+    mx.nd.pfc_sparse_sgd(ours_w, mx.nd.array(grad), ours_m, idx, mx.nd.ones((s,)), *no_targets(d),
+                         momentum=momentum, normalize=False, out=ours_w, **kw)
     ref_w, ref_m = mx.nd.array(w), mx.nd.array(m)
     rsp = mx.nd.sparse.row_sparse_array((mx.nd.array(grad), idx), shape=(c, d))
     if momentum:
@@ -182,25 +192,36 @@ def test_sparse_sgd_is_bit_identical_to_mxnet_lazy_update(momentum):
     np.testing.assert_array_equal(ours_w.asnumpy()[untouched], w[untouched])
 
 
-def test_sparse_sgd_assembles_the_gradient_from_its_parts():
+def test_sparse_sgd_assembles_the_gradient_with_targets_and_normalisation():
     rng = np.random.default_rng(4)
-    c, d, s = 50, 16, 8
+    c, d, s, n = 50, 16, 8, 9
     w = rng.standard_normal((c, d)).astype(np.float32)
     grad = rng.standard_normal((s, d)).astype(np.float32)
-    a, b = rng.random(s).astype(np.float32), rng.standard_normal(s).astype(np.float32)
+    xn = rng.standard_normal((n, d)).astype(np.float32)
+    target = np.array([3, -1, 0, 3, 7, -1, 3, 0, 5], np.int64)  # columns shared by several rows
+    tcoef = rng.standard_normal(n).astype(np.float32)
     index = rng.choice(c, s, replace=False).astype(np.int64)
+    norm = np.sqrt((w[index].astype(np.float64) ** 2).sum(1))
+    args = [mx.nd.array(index, dtype="int64"), mx.nd.array(norm), mx.nd.array(xn), mx.nd.array(target, dtype="int64"),
+            mx.nd.array(tcoef)]
     out_w, out_m = mx.nd.array(w), mx.nd.zeros((c, d))
-    mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, mx.nd.array(index, dtype="int64"), mx.nd.array(a),
-                         mx.nd.array(b), lr=0.1, momentum=0.9, wd=0.0, out=out_w)
-    g = a[:, None].astype(np.float64) * grad + b[:, None] * w[index]
-    np.testing.assert_allclose(out_m.asnumpy()[index], -0.1 * g, rtol=1e-5, atol=1e-7)
+    mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, *args, lr=0.1, momentum=0.9, wd=0.0, normalize=True,
+                         out=out_w)
+    full = grad.astype(np.float64)
+    for i in np.flatnonzero(target >= 0):
+        full[target[i]] += tcoef[i] * xn[i]
+    wi = w[index].astype(np.float64)
+    g = full / norm[:, None] - wi * (wi * full).sum(1, keepdims=True) / norm[:, None] ** 3
+    np.testing.assert_allclose(out_m.asnumpy()[index], -0.1 * g, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out_w.asnumpy()[index], w[index] - 0.1 * g, rtol=1e-5, atol=1e-6)
     with pytest.raises(mx.base.MXNetError, match="outside"):
-        mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, mx.nd.array(index + c, dtype="int64"),
-                             mx.nd.array(a), mx.nd.array(b), lr=0.1, out=out_w).wait_to_read()
+        mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, mx.nd.array(index + c, dtype="int64"), *args[1:],
+                             lr=0.1, out=out_w).wait_to_read()
+    bad = args[:3] + [mx.nd.array(np.where(target == 7, s, target), dtype="int64"), args[4]]
+    with pytest.raises(mx.base.MXNetError, match=r"target 8 of row 4 is outside \[-1, 8\)"):
+        mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, *bad, lr=0.1, out=out_w).wait_to_read()
     with pytest.raises(mx.base.MXNetError, match="attribute lr must be a finite number, got 'nan'"):
-        mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, mx.nd.array(index, dtype="int64"),
-                             mx.nd.array(a), mx.nd.array(b), lr=float("nan"), out=out_w).wait_to_read()
+        mx.nd.pfc_sparse_sgd(out_w, mx.nd.array(grad), out_m, *args, lr=float("nan"), out=out_w).wait_to_read()
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.3])

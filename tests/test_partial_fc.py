@@ -351,3 +351,18 @@ def test_unequal_batches_raise_on_every_rank_instead_of_hanging(two_rank_heads):
 def test_ranks_on_different_kernels_raise_on_every_rank(two_rank_heads):
     assert all("ranks disagree on the Partial FC kernels (fused: [True, False]" in str(r["mixed_kernels_error"])
                for r in two_rank_heads)
+
+
+@pytest.mark.dist
+def test_ranks_with_different_embedding_dtypes_raise_on_every_rank(two_rank_heads):
+    assert all("same dtype, got ['float32', 'float16']" in str(r["mixed_dtype_error"]) for r in two_rank_heads)
+
+
+def test_host_arrays_are_private_copies():
+    from pfc_mx.partial_fc import _host_array
+
+    src = np.arange(5, dtype=np.int64)
+    arr = _host_array(src, "int64", mx.cpu())
+    src[0] = 99  # the NDArray wraps a copy: the caller's array stays writable and independent
+    np.testing.assert_array_equal(arr.asnumpy(), [0, 1, 2, 3, 4])
+    assert arr.dtype == np.int64 and arr.context == mx.cpu()

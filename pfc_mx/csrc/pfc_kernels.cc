@@ -10,25 +10,29 @@
 //   pfc_gather_normalize(weight (C,D), index (S,) int64) -> rows (S,D), norm (S,)
 //       rows[j] = weight[index[j]] / norm[j], norm[j] = sqrt(sum_d w^2 + 1e-10)
 //   pfc_margin_softmax(logits (N,S), target (N,) int64; m1, m2, m3, scale, filter, threshold)
-//       -> expo (N,S), parts (2,N), stats (3,N)
+//       -> expo (N,S) (may be the logits themselves), parts (2,N), stats (3,N)
 //       logits are s*cos; target[i] is the row's target column (-1: none here). The target logit is
 //       s*f(cos_t) with the combined margin f (pfc_mx/margin.py: clamp, arccos, the theta + m2 > pi
 //       fallback), f' its derivative; effective logit e: that at the target column, 0 where filter
-//       and logit > threshold, else the logit; rowmax = max_j e, expo = exp(e - rowmax),
-//       parts = (lse = rowmax + log sum_j expo, target logit or 0), stats = (rowmax, cos_t, f'),
+//       and logit > threshold, else the logit; rowmax = max_j e, lse = rowmax + log sum_j exp(e - rowmax),
+//       expo = exp(e - rowmax) where the logit is free (0 at the target and where filtered: there
+//       dL/dcos is not a multiple of it), parts = (lse, target logit or 0), stats = (rowmax, cos_t, f'),
 //       the last two 0 without a target (NaN when a logit is NaN or, unfiltered, +inf)
 //   pfc_softmax_loss(parts (W,2,N) of every rank) -> lse (N,), loss (1,)
 //       lse = log sum_r exp(lse_r), loss = mean_i (lse_i - sum_r target_r,i), summed in double
-//   pfc_softmax_grad(logits (N,S), expo (N,S), parts (2,N), stats (3,N), lse (N,), target (N,) int64, norm (S,);
-//       scale, filter, threshold) -> grad (N,S) (may be expo itself), a (S,), b (S,)
-//       with this rank's parts/stats and the global lse, c = s/N: grad = dL/dcos =
-//       c exp(rowmax - lse) expo off the target (0 where filtered), c f' (exp(target logit - lse) - 1) on it;
-//       r[j] = sum_i grad[i,j] cos[i,j] (cos = logits / scale off the target, cos_t on it),
-//       a = 1/norm, b = -r a a: the center gradient is a (grad^T xn) + b w (see pfc_sparse_sgd)
+//   pfc_softmax_scale(expo_rows (N,D), rows (S,D), xn (N,D), parts (2,N), stats (3,N), lse (N,), target (N,) int64;
+//       scale) -> dxn (N,D), xs (N,D), tcoef (N,)
+//       dL/dcos = g_i expo off the target with g_i = (s/N) exp(rowmax_i - lse_i) (this rank's parts/stats,
+//       the global lse) and tcoef_i = (s/N) f'_i (exp(target logit_i - lse_i) - 1) on it. Given
+//       expo_rows = expo . rows (the product runs while the ranks gather their parts):
+//       dxn = dL/dcos . rows = g * expo_rows + tcoef * rows[target], and xs = g * xn, so that
+//       expo^T . xs is the center gradient G = dL/dcos^T . xn without its target entries
 //   pfc_normalize_grad(dy (B,D), y (B,D), norm (B,)) -> dx (B,D)
 //       gradient through y = x / norm: dx = (dy - y <y, dy>) / norm
-//   pfc_sparse_sgd(weight (C,D), grad (S,D), mom (C,D), index (S,) int64, a (S,), b (S,); lr, momentum, wd)
-//       -> weight (pass the weight as out); rows index[j] only (unique), with g = a[j] grad[j] + b[j] weight[index[j]]
+//   pfc_sparse_sgd(weight (C,D), grad (S,D), mom (C,D), index (S,) int64, norm (S,), xn (N,D), target (N,) int64,
+//       tcoef (N,); lr, momentum, wd, normalize) -> weight (pass the weight as out); rows index[j] only (unique).
+//       Row j's gradient: G = grad[j] + sum_{i: target[i] = j} tcoef[i] xn[i]; with normalize, through
+//       the center's normalisation w / norm: g = G / norm - w <w, G> / norm^3, else g = G.
 //       MXNet's sgd_mom_update: mom = momentum mom - lr wd w - lr g; w = w + mom (mom updated in place),
 //       or with momentum 0 its sgd_update: w = (1 - lr wd) w - lr g (mom untouched).
 #include <omp.h>
@@ -41,6 +45,7 @@
 #include <initializer_list>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -116,6 +121,10 @@ inline float exp_nonpositive(float x) {
   return p * two_k;
 }
 
+// Loops over rows hand out small chunks (schedule(dynamic)): a thread that shares its core with
+// another busy thread (Python queueing the next operators, Horovod) then does less of the work
+// instead of holding the others at the end of the loop.
+//
 // Threads per kernel: MXNet runs operators on engine worker threads whose OpenMP default is
 // one thread, so the count is set explicitly: OMP_NUM_THREADS when given, else the processors
 // shared out among the ranks on this host (HOROVOD_LOCAL_SIZE), at least one.
@@ -132,6 +141,8 @@ int threads() {
 }
 
 // ---------------------------------------------------------------- gather_normalize
+constexpr int64_t kGatherAhead = 8;  // rows prefetched ahead (10-15% faster cold, 1 or 2 threads)
+
 MXReturnValue gather_normalize_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                                        const OpResource&) {
   MXTensor& w = (*in)[0];
@@ -142,7 +153,7 @@ MXReturnValue gather_normalize_forward(const Attrs&, std::vector<MXTensor>* in, 
   float* rows = (*out)[0].data<float>();
   float* norm = (*out)[1].data<float>();
   int64_t bad = -1;
-#pragma omp parallel for schedule(static) num_threads(threads()) reduction(max : bad)
+#pragma omp parallel for schedule(dynamic, 32) num_threads(threads()) reduction(max : bad)
   for (int64_t j = 0; j < s; ++j) {
     const int64_t src = ip[j];
     if (src < 0 || src >= c) {
@@ -150,6 +161,10 @@ MXReturnValue gather_normalize_forward(const Attrs&, std::vector<MXTensor>* in, 
       continue;
     }
     const float* row = wp + src * d;
+    if (j + kGatherAhead < s && ip[j + kGatherAhead] >= 0 && ip[j + kGatherAhead] < c) {
+      const float* ahead = wp + ip[j + kGatherAhead] * d;  // random rows: the prefetcher cannot guess them
+      for (int64_t k = 0; k < d; k += 16) __builtin_prefetch(ahead + k, 0);
+    }
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
     for (int64_t k = 0; k < d; ++k) acc += row[k] * row[k];
@@ -218,13 +233,13 @@ inline float row_max(const float* __restrict x, int64_t lo, int64_t hi, float th
 }
 
 template <bool Filtered>
-inline float exp_row(const float* __restrict x, float* __restrict e, int64_t lo, int64_t hi, float threshold,
+inline float exp_row(const float* x, float* e, int64_t lo, int64_t hi, float threshold,
                      float m) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = lo; j < hi; ++j) {
     const float v = exp_nonpositive(effective<Filtered>(x[j], threshold) - m);
-    e[j] = v;
+    e[j] = Filtered && x[j] > threshold ? 0.0f : v;
     sum += v;
   }
   return sum;
@@ -233,7 +248,7 @@ inline float exp_row(const float* __restrict x, float* __restrict e, int64_t lo,
 template <bool Filtered>
 void margin_softmax_rows(const float* x, const int64_t* tgt, const Margin& margin, float scale, float* e,
                          float* parts, float* stats, int64_t n, int64_t s, float threshold) {
-#pragma omp parallel for schedule(static) num_threads(threads())
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads())
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * s;
     float* ei = e + i * s;
@@ -250,8 +265,8 @@ void margin_softmax_rows(const float* x, const int64_t* tgt, const Margin& margi
       m = row_max<Filtered>(xi, t + 1, s, threshold, row_max<Filtered>(xi, 0, t, threshold, m));
       m = tlogit > m ? tlogit : m;
       sum = exp_row<Filtered>(xi, ei, 0, t, threshold, m) + exp_row<Filtered>(xi, ei, t + 1, s, threshold, m);
-      ei[t] = exp_nonpositive(tlogit - m);
-      sum += ei[t];
+      ei[t] = 0.0f;
+      sum += exp_nonpositive(tlogit - m);
     }
     parts[i] = m + std::log(sum);
     parts[n + i] = tlogit;
@@ -329,98 +344,59 @@ MXReturnValue softmax_loss_shape(const Attrs&, Shapes* in, Shapes* out) {
   return mxnet::ext::MX_SUCCESS;
 }
 
-// ---------------------------------------------------------------- softmax_grad
-// columns [lo, hi) of one row off the target: g = c * e (0 where filtered), r[j] += g * cos
-template <bool Filtered>
-inline void grad_segment(const float* __restrict x, const float* e, float* g, float* __restrict r, int64_t lo,
-                         int64_t hi, float c, float inv_scale, float threshold) {
+// ---------------------------------------------------------------- softmax_scale
+constexpr int64_t kSmall = 1 << 20;  // elements below which waking a second thread costs more than it saves
+
+MXReturnValue softmax_scale_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                    const OpResource&) {
+  const int64_t n = (*in)[0].shape[0], d = (*in)[0].shape[1], s = (*in)[1].shape[0];
+  const float* er = (*in)[0].data<float>();     // expo . rows
+  const float* rows = (*in)[1].data<float>();   // the normalised centers
+  const float* xn = (*in)[2].data<float>();
+  const float* parts = (*in)[3].data<float>();  // this rank's (lse, target logit)
+  const float* stats = (*in)[4].data<float>();  // (rowmax, cos_t, f')
+  const float* lse = (*in)[5].data<float>();    // over every rank
+  const int64_t* tgt = (*in)[6].data<int64_t>();
+  float* dxn = (*out)[0].data<float>();
+  float* xs = (*out)[1].data<float>();
+  float* tcoef = (*out)[2].data<float>();
+  if (!finite_attrs("pfc_softmax_scale", attrs, {"scale"})) return mxnet::ext::MX_FAIL;
+  const float per_row = attr_float(attrs, "scale", 1.0f) / static_cast<float>(n);
+#pragma omp parallel for schedule(static) num_threads(n * d >= kSmall ? threads() : 1)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = std::exp(stats[i] - lse[i]) * per_row;
+    const int64_t t = tgt[i] >= 0 && tgt[i] < s ? tgt[i] : -1;
+    const float tc = t < 0 ? 0.0f : stats[2 * n + i] * (std::exp(parts[n + i] - lse[i]) - 1.0f) * per_row;
+    tcoef[i] = tc;
+    const float* eri = er + i * d;
+    const float* xi = xn + i * d;
+    float* dxi = dxn + i * d;
+    float* xsi = xs + i * d;
 #pragma omp simd
-  for (int64_t j = lo; j < hi; ++j) {
-    const float v = (Filtered && x[j] > threshold ? 0.0f : c) * e[j];
-    g[j] = v;
-    r[j] += v * (x[j] * inv_scale);
-  }
-}
-
-template <bool Filtered>
-void softmax_grad_columns(const float* x, const float* e, const float* rowscale, const int64_t* tgt,
-                          const float* dtarget, const float* cos_t, const float* norm, float* g, float* a, float* b,
-                          int64_t n, int64_t s, float inv_scale, float threshold) {
-  // columns split between threads (each owns its r[j], kept in b until the end); every thread walks
-  // all rows of its block
-#pragma omp parallel num_threads(threads())
-  {
-    const int nt = omp_get_num_threads(), me = omp_get_thread_num();
-    const int64_t per = (s + nt - 1) / nt;
-    const int64_t lo = std::min<int64_t>(s, me * per), hi = std::min<int64_t>(s, lo + per);
-    float* r = b;
-    std::fill(r + lo, r + hi, 0.0f);
-    for (int64_t i = 0; i < n && lo < hi; ++i) {
-      const float* xi = x + i * s;
-      const float* ei = e + i * s;
-      float* gi = g + i * s;
-      const int64_t t = tgt[i];
-      if (t >= lo && t < hi) {
-        grad_segment<Filtered>(xi, ei, gi, r, lo, t, rowscale[i], inv_scale, threshold);
-        grad_segment<Filtered>(xi, ei, gi, r, t + 1, hi, rowscale[i], inv_scale, threshold);
-        gi[t] = dtarget[i];
-        r[t] += dtarget[i] * cos_t[i];
-      } else {
-        grad_segment<Filtered>(xi, ei, gi, r, lo, hi, rowscale[i], inv_scale, threshold);
-      }
+    for (int64_t k = 0; k < d; ++k) {
+      dxi[k] = g * eri[k];
+      xsi[k] = g * xi[k];
     }
-    for (int64_t j = lo; j < hi; ++j) {
-      const float inv = 1.0f / norm[j];
-      a[j] = inv;
-      b[j] = -r[j] * inv * inv;
+    if (t >= 0) {
+      const float* rt = rows + t * d;
+#pragma omp simd
+      for (int64_t k = 0; k < d; ++k) dxi[k] += tc * rt[k];
     }
-  }
-}
-
-MXReturnValue softmax_grad_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
-                                   const OpResource&) {
-  const int64_t n = (*in)[0].shape[0], s = (*in)[0].shape[1];
-  const float* x = (*in)[0].data<float>();
-  const float* e = (*in)[1].data<float>();
-  const float* parts = (*in)[2].data<float>();  // this rank's (lse, target logit)
-  const float* stats = (*in)[3].data<float>();  // (rowmax, cos_t, f')
-  const float* lse = (*in)[4].data<float>();    // over every rank
-  const int64_t* tgt = (*in)[5].data<int64_t>();
-  const float* norm = (*in)[6].data<float>();
-  if (!finite_attrs("pfc_softmax_grad", attrs, {"scale", "threshold"})) return mxnet::ext::MX_FAIL;
-  const float scale = attr_float(attrs, "scale", 1.0f);
-  const float threshold = attr_float(attrs, "threshold", 0.0f);
-  const float per_row = scale / static_cast<float>(n);
-  std::vector<float> rowscale(n), dtarget(n);
-  std::vector<int64_t> target(n);
-  for (int64_t i = 0; i < n; ++i) {  // the row factors of dL/dcos (f' is 0 on rows without a target)
-    rowscale[i] = std::exp(stats[i] - lse[i]) * per_row;
-    dtarget[i] = stats[2 * n + i] * (std::exp(parts[n + i] - lse[i]) - 1.0f) * per_row;
-    target[i] = tgt[i] >= 0 && tgt[i] < s ? tgt[i] : -1;
-  }
-  float* g = (*out)[0].data<float>();
-  float* a = (*out)[1].data<float>();
-  float* b = (*out)[2].data<float>();
-  if (attr_flag(attrs, "filter")) {
-    softmax_grad_columns<true>(x, e, rowscale.data(), target.data(), dtarget.data(), stats + n, norm, g, a, b, n, s,
-                               1.0f / scale, threshold);
-  } else {
-    softmax_grad_columns<false>(x, e, rowscale.data(), target.data(), dtarget.data(), stats + n, norm, g, a, b, n, s,
-                                1.0f / scale, threshold);
   }
   return mxnet::ext::MX_SUCCESS;
 }
 
-MXReturnValue softmax_grad_shape(const Attrs&, Shapes* in, Shapes* out) {
-  if ((*in)[0].size() != 2 || (*in)[1] != (*in)[0]) return fail("pfc_softmax_grad: logits and expo must be (N, S)");
-  const unsigned n = (*in)[0][0], s = (*in)[0][1];
-  if ((*in)[2] != std::vector<unsigned>{2, n} || (*in)[3] != std::vector<unsigned>{3, n} ||
-      (*in)[4] != std::vector<unsigned>{n} || (*in)[5] != std::vector<unsigned>{n} ||
-      (*in)[6] != std::vector<unsigned>{s})
-    return fail("pfc_softmax_grad: need parts (2, N), stats (3, N), lse (N,), target (N,), norm (S,)");
-  (*out)[0] = (*in)[0];
-  (*out)[1] = {s};
-  (*out)[2] = {s};
+MXReturnValue softmax_scale_shape(const Attrs&, Shapes* in, Shapes* out) {
+  const auto& er = (*in)[0];
+  if (er.size() != 2 || (*in)[1].size() != 2 || (*in)[1][1] != er[1] || (*in)[2] != er)
+    return fail("pfc_softmax_scale: need expo_rows (N, D), rows (S, D), xn (N, D)");
+  const unsigned n = er[0];
+  if ((*in)[3] != std::vector<unsigned>{2, n} || (*in)[4] != std::vector<unsigned>{3, n} ||
+      (*in)[5] != std::vector<unsigned>{n} || (*in)[6] != std::vector<unsigned>{n})
+    return fail("pfc_softmax_scale: need parts (2, N), stats (3, N), lse (N,), target (N,)");
+  (*out)[0] = er;
+  (*out)[1] = er;
+  (*out)[2] = {n};
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -454,29 +430,63 @@ MXReturnValue normalize_grad_shape(const Attrs&, Shapes* in, Shapes* out) {
 }
 
 // ---------------------------------------------------------------- sparse_sgd
-// Row j of the center gradient is g = a[j] * grad[j] + b[j] * weight[index[j]]: the product
-// result and the norm terms are combined here, inside the update's own pass over the rows.
-template <bool Momentum>
-void sparse_sgd_rows(const float* wp, const float* gp, const float* a, const float* b, float* mp, const int64_t* ip,
-                     float* op, int64_t s, int64_t d, float lr, float mu, float rate) {
+// Row j's gradient is assembled inside the update's own pass over the rows: the product result,
+// the target entries of the rows whose target is j (linked in ascending order by `next`), and
+// with Normalize the term through w / norm, from <w, G> while the row is in cache.
+constexpr int64_t kSgdAhead = 1;  // rows prefetched ahead: <w, G> reads w before the update reads mom
+template <bool Momentum, bool Normalize>
+void sparse_sgd_rows(const float* wp, const float* gp, const float* norm, const float* xn, const float* tcoef,
+                     const int64_t* first, const int64_t* next, float* mp, const int64_t* ip, float* op, int64_t s,
+                     int64_t d, float lr, float mu, float rate) {
   const float decay = 1.0f - rate;
-#pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t j = 0; j < s; ++j) {
-    const int64_t row = ip[j];
-    const float* wr = wp + row * d;
-    const float* gr = gp + j * d;
-    float* mr = mp + row * d;
-    float* orow = op + row * d;
-    const float aj = a[j], bj = b[j];
+#pragma omp parallel num_threads(threads())
+  {
+    std::vector<float> buf(d);  // a row with target entries: its gradient assembled here
+#pragma omp for schedule(dynamic, 32)
+    for (int64_t j = 0; j < s; ++j) {
+      const int64_t row = ip[j];
+      const float* wr = wp + row * d;
+      const float* gr = gp + j * d;
+      float* mr = mp + row * d;
+      float* orow = op + row * d;
+      if (j + kSgdAhead < s) {  // the next rows in flight while this one is worked on
+        const float* wn = wp + ip[j + kSgdAhead] * d;
+        float* mn = mp + ip[j + kSgdAhead] * d;
+        for (int64_t k = 0; k < d; k += 16) {
+          __builtin_prefetch(wn + k, 0);
+          __builtin_prefetch(mn + k, 1);
+        }
+      }
+      const float* gj = gr;
+      if (first[j] >= 0) {
+        std::memcpy(buf.data(), gr, sizeof(float) * d);
+        gj = buf.data();
+      }
+      for (int64_t i = first[j]; i >= 0; i = next[i]) {
+        const float c = tcoef[i];
+        const float* xi = xn + i * d;
+        float* acc = buf.data();
 #pragma omp simd
-    for (int64_t k = 0; k < d; ++k) {
-      const float g = aj * gr[k] + bj * wr[k];
-      if (Momentum) {  // MXNet sgd_mom_update (lazy, row-sparse gradient)
-        const float m = mu * mr[k] - rate * wr[k] - lr * g;
-        mr[k] = m;
-        orow[k] = wr[k] + m;
-      } else {  // MXNet sgd_update (lazy, row-sparse gradient)
-        orow[k] = decay * wr[k] - lr * g;
+        for (int64_t k = 0; k < d; ++k) acc[k] += c * xi[k];
+      }
+      float a = 1.0f, b = 0.0f;
+      if (Normalize) {
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t k = 0; k < d; ++k) dot += wr[k] * gj[k];
+        a = 1.0f / norm[j];
+        b = -dot * a * a * a;
+      }
+#pragma omp simd
+      for (int64_t k = 0; k < d; ++k) {
+        const float g = Normalize ? a * gj[k] + b * wr[k] : gj[k];
+        if (Momentum) {  // MXNet sgd_mom_update (lazy, row-sparse gradient)
+          const float m = mu * mr[k] - rate * wr[k] - lr * g;
+          mr[k] = m;
+          orow[k] = wr[k] + m;
+        } else {  // MXNet sgd_update (lazy, row-sparse gradient)
+          orow[k] = decay * wr[k] - lr * g;
+        }
       }
     }
   }
@@ -484,13 +494,15 @@ void sparse_sgd_rows(const float* wp, const float* gp, const float* a, const flo
 
 MXReturnValue sparse_sgd_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                                  const OpResource&) {
-  const int64_t c = (*in)[0].shape[0], d = (*in)[0].shape[1], s = (*in)[3].shape[0];
+  const int64_t c = (*in)[0].shape[0], d = (*in)[0].shape[1], s = (*in)[3].shape[0], n = (*in)[6].shape[0];
   const float* wp = (*in)[0].data<float>();
   const float* gp = (*in)[1].data<float>();
   float* mp = (*in)[2].data<float>();
   const int64_t* ip = (*in)[3].data<int64_t>();
-  const float* a = (*in)[4].data<float>();
-  const float* b = (*in)[5].data<float>();
+  const float* norm = (*in)[4].data<float>();
+  const float* xn = (*in)[5].data<float>();
+  const int64_t* tgt = (*in)[6].data<int64_t>();
+  const float* tcoef = (*in)[7].data<float>();
   float* op = (*out)[0].data<float>();
   if (!finite_attrs("pfc_sparse_sgd", attrs, {"lr", "momentum", "wd"})) return mxnet::ext::MX_FAIL;
   const float lr = attr_float(attrs, "lr", 0.0f), mu = attr_float(attrs, "momentum", 0.0f);
@@ -498,11 +510,26 @@ MXReturnValue sparse_sgd_forward(const Attrs& attrs, std::vector<MXTensor>* in, 
   for (int64_t j = 0; j < s; ++j)
     if (ip[j] < 0 || ip[j] >= c)
       return fail("pfc_sparse_sgd: index " + std::to_string(ip[j]) + " is outside [0, " + std::to_string(c) + ")");
+  std::vector<int64_t> first(s, -1), next(n, -1);
+  for (int64_t i = n - 1; i >= 0; --i) {  // walked from first[j]: the rows with target j in ascending order
+    if (tgt[i] < -1 || tgt[i] >= s)
+      return fail("pfc_sparse_sgd: target " + std::to_string(tgt[i]) + " of row " + std::to_string(i) +
+                  " is outside [-1, " + std::to_string(s) + ")");
+    if (tgt[i] >= 0) {
+      next[i] = first[tgt[i]];
+      first[tgt[i]] = i;
+    }
+  }
   if (op != wp) std::memcpy(op, wp, sizeof(float) * c * d);  // a separate output: untouched rows are the input's
+  auto run = [&](auto momentum, auto normalize) {
+    sparse_sgd_rows<decltype(momentum)::value, decltype(normalize)::value>(
+        wp, gp, norm, xn, tcoef, first.data(), next.data(), mp, ip, op, s, d, lr, mu, rate);
+  };
+  const bool normalize = attr_flag(attrs, "normalize");
   if (mu != 0.0f) {
-    sparse_sgd_rows<true>(wp, gp, a, b, mp, ip, op, s, d, lr, mu, rate);
+    normalize ? run(std::true_type{}, std::true_type{}) : run(std::true_type{}, std::false_type{});
   } else {
-    sparse_sgd_rows<false>(wp, gp, a, b, mp, ip, op, s, d, lr, mu, rate);
+    normalize ? run(std::false_type{}, std::true_type{}) : run(std::false_type{}, std::false_type{});
   }
   return mxnet::ext::MX_SUCCESS;
 }
@@ -510,9 +537,11 @@ MXReturnValue sparse_sgd_forward(const Attrs& attrs, std::vector<MXTensor>* in, 
 MXReturnValue sparse_sgd_shape(const Attrs&, Shapes* in, Shapes* out) {
   const auto& w = (*in)[0];
   const std::vector<unsigned> rows{(*in)[1].empty() ? 0u : (*in)[1][0]};
+  const std::vector<unsigned> batch{(*in)[5].empty() ? 0u : (*in)[5][0]};
   if (w.size() != 2 || (*in)[2] != w || (*in)[1].size() != 2 || (*in)[1][1] != w[1] || (*in)[3] != rows ||
-      (*in)[4] != rows || (*in)[5] != rows)
-    return fail("pfc_sparse_sgd: need weight (C, D), grad (S, D), mom (C, D), index (S,), a (S,), b (S,)");
+      (*in)[4] != rows || (*in)[5].size() != 2 || (*in)[5][1] != w[1] || (*in)[6] != batch || (*in)[7] != batch)
+    return fail("pfc_sparse_sgd: need weight (C, D), grad (S, D), mom (C, D), index (S,), norm (S,), xn (N, D), "
+                "target (N,), tcoef (N,)");
   (*out)[0] = w;
   return mxnet::ext::MX_SUCCESS;
 }
@@ -546,9 +575,9 @@ MXReturnValue check_types(const Attrs&, std::vector<int>* in, std::vector<int>* 
 constexpr char kSigGather[] = "fi";
 constexpr char kSigSoftmax[] = "fi";
 constexpr char kSigLoss[] = "f";
-constexpr char kSigGrad[] = "fffffif";
+constexpr char kSigScale[] = "ffffffi";
 constexpr char kSigNormGrad[] = "fff";
-constexpr char kSigSgd[] = "fffiff";
+constexpr char kSigSgd[] = "fffiffif";
 
 }  // namespace
 
@@ -570,11 +599,11 @@ REGISTER_OP(pfc_softmax_loss)
     .setInferShape(softmax_loss_shape)
     .setForward(softmax_loss_forward, "cpu");
 
-REGISTER_OP(pfc_softmax_grad)
+REGISTER_OP(pfc_softmax_scale)
     .setParseAttrs(parse_counts<7, 3>)
-    .setInferType(check_types<kSigGrad>)
-    .setInferShape(softmax_grad_shape)
-    .setForward(softmax_grad_forward, "cpu");
+    .setInferType(check_types<kSigScale>)
+    .setInferShape(softmax_scale_shape)
+    .setForward(softmax_scale_forward, "cpu");
 
 REGISTER_OP(pfc_normalize_grad)
     .setParseAttrs(parse_counts<3, 1>)
@@ -583,7 +612,7 @@ REGISTER_OP(pfc_normalize_grad)
     .setForward(normalize_grad_forward, "cpu");
 
 REGISTER_OP(pfc_sparse_sgd)
-    .setParseAttrs(parse_counts<6, 1>)
+    .setParseAttrs(parse_counts<8, 1>)
     .setInferType(check_types<kSigSgd>)
     .setInferShape(sparse_sgd_shape)
     .setMutateInputs(mutate_mom)

@@ -49,6 +49,8 @@ def collectives(outdir: Path) -> Dict[str, np.ndarray]:
     ragged = mx.nd.array(rank_values(r, rows=r + 1))
     root_value = mx.nd.array(rank_values(r)) if r == 1 else mx.nd.zeros((3, 4))
     obj = dist.broadcast_object({"from": r, "list": [r] * 3}, root=1)
+    inplace = mx.nd.array(rank_values(r))
+    inplace_out = dist.allreduce(inplace, op="sum", inplace=True)
     return {
         "input": x.asnumpy(),
         "allgather": dist.allgather(x).asnumpy(),
@@ -57,6 +59,12 @@ def collectives(outdir: Path) -> Dict[str, np.ndarray]:
         "sum": dist.allreduce(x, op="sum").asnumpy(),
         "max": dist.allreduce(x, op="max").asnumpy(),
         "min": dist.allreduce(x, op="min").asnumpy(),
+        "sum_inplace": inplace.asnumpy(),
+        "sum_inplace_is_input": np.array(inplace_out is inplace),
+        "gather_rows": dist.gather_rows(x).asnumpy(),
+        "gather_rows_f16": dist.gather_rows(mx.nd.array(rank_values(r), dtype="float16")).asnumpy(),
+        "gather_rows_bits": dist.gather_rows(mx.nd.array(special_values() if r == 0 else rank_values(r)[0])
+                                             ).asnumpy().view(np.uint32),
         "grouped_sum": np.stack([a.asnumpy() for a in dist.grouped_allreduce([x, x * 2], op="sum")]),
         "broadcast": dist.broadcast(root_value, root=1).asnumpy(),
         "broadcast_bits": dist.broadcast(mx.nd.array(special_values() if r == 1 else np.zeros(4, np.float32)),

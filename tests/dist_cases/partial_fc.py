@@ -65,10 +65,10 @@ def run_head(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, np.ndarray
             "used_per_step": np.array([len(i) for i in indices])}
 
 
-def value_error(pfc: PartialFC, b: int) -> str:
+def value_error(pfc: PartialFC, b: int, dtype: str = "float32") -> str:
     """The ValueError message of one step of pfc on b samples of this rank ("" when none is raised)."""
     try:
-        pfc.forward_backward(mx.nd.ones((b, 4)), mx.nd.zeros((b,)))
+        pfc.forward_backward(mx.nd.ones((b, 4), dtype=dtype), mx.nd.zeros((b,)))
     except ValueError as e:
         return str(e)
     return ""
@@ -84,13 +84,19 @@ def mixed_kernels_error() -> str:
     return value_error(PartialFC(5, 4, kernels="fused" if dist.rank() == 0 else "stock"), 2)
 
 
+def mixed_dtype_error() -> str:
+    """Rank 1 passes float16 embeddings, rank 0 float32 (they are exchanged as raw values): every rank must raise."""
+    return value_error(PartialFC(5, 4), 2, "float16" if dist.rank() == 1 else "float32")
+
+
 @case
 def partial_fc_heads(outdir: Path) -> Dict[str, np.ndarray]:
-    """Every config of CONFIGS (keys "name/field"), then the unequal-batch and mixed-kernels checks."""
+    """Every config of CONFIGS (keys "name/field"), then the unequal-batch, mixed-kernels and mixed-dtype checks."""
     out: Dict[str, np.ndarray] = {}
     for name, cfg in CONFIGS.items():
         for key, value in run_head(cfg, dist.size(), dist.rank()).items():
             out[f"{name}/{key}"] = value
     out["unequal_batch_error"] = np.array(unequal_batch_error())
     out["mixed_kernels_error"] = np.array(mixed_kernels_error())
+    out["mixed_dtype_error"] = np.array(mixed_dtype_error())
     return out
