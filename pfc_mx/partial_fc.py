@@ -350,7 +350,7 @@ class PartialFC:
             return out
         out["ws"] = ws = self._workspace(n, s)
         if self.fused:
-            return self._fused_start(plan, ws, out)
+            return self._fused_start(plan, n, ws, out)
         out["w"] = w = self._used_rows(plan.index, ws)
         fm.row_norms(w, out=ws["wnorm"])
         return out
@@ -362,7 +362,8 @@ class PartialFC:
         if s == 0:
             return
         if self.fused:
-            return self._fused_forward(local, xn, n)
+            self._fused_forward(local, xn, n)
+            return
         ws, w, wnorm = local["ws"], local["w"], local["ws"]["wnorm"]
         logits = mx.nd.dot(xn * self.scale, w, transpose_b=True, out=ws["logits"])
         mx.nd.broadcast_div(logits, wnorm.reshape((1, s)), out=logits)  # s·cos
@@ -428,7 +429,7 @@ class PartialFC:
         local["center_grad"] = center_grad
         return dxn
 
-    def _fused_start(self, plan: Any, ws: Dict[str, mx.nd.NDArray], out: Dict[str, Any]) -> Dict[str, Any]:
+    def _fused_start(self, plan: Any, n: int, ws: Dict[str, mx.nd.NDArray], out: Dict[str, Any]) -> Dict[str, Any]:
         """_start_local with the fused kernels: the used rows gathered already normalised, in one pass.
 
         Unlike the stock path the used centers are always copied, normalised, into
@@ -444,8 +445,7 @@ class PartialFC:
         out["index"] = idx
         mx.nd.pfc_gather_normalize(self.weight, idx, out=[ws["rows"], ws["wnorm"]])
         out["tcol"] = _host_array(plan.local_labels, "int64", self.ctx)  # -1: not in this shard
-        out["parts"] = mx.nd.empty((2, len(plan.local_labels)), ctx=self.ctx)
-        out["stats"] = mx.nd.empty((3, len(plan.local_labels)), ctx=self.ctx)
+        out["parts"], out["stats"] = mx.nd.empty((2, n), ctx=self.ctx), mx.nd.empty((3, n), ctx=self.ctx)
         return out
 
     def _fused_forward(self, local: Dict[str, Any], xn: mx.nd.NDArray, n: int) -> None:
