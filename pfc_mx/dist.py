@@ -138,7 +138,7 @@ def gather_rows(x: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:
 
     Horovod's allgather returns only once it is done (it sizes its output then), so
     Python cannot queue the next operators while the ranks exchange. Here each rank
-    copies its rows into zeros at its own offset and the ranks sum in place: every
+    places its rows between blocks of zeros (one concat) and the ranks sum in place: every
     element has one nonzero term, so the values arrive exactly (-0.0 becomes +0.0),
     and the call returns at once.
     """

@@ -326,12 +326,11 @@ class PartialFC:
             self._ws = ws
         return self._ws
 
-    def _used_rows(self, index: Optional[np.ndarray], ws: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
-        """weight[index] on the training context: the weight itself when every row is used on-device,
-        else a copy in ws["rows"]."""
-        if index is None:
+    def _used_rows(self, idx: Optional[mx.nd.NDArray], ws: Dict[str, mx.nd.NDArray]) -> mx.nd.NDArray:
+        """weight[idx] on the training context (idx: int64 rows on the centers' context): the weight
+        itself when every row (idx None) is used on-device, else a copy in ws["rows"]."""
+        if idx is None:
             return self.weight if self.store_ctx == self.ctx else self.weight.copyto(ws["rows"])
-        idx = _host_array(index, "int64", self.store_ctx)
         if self.store_ctx == self.ctx:
             return mx.nd.take(self.weight, idx, out=ws["rows"])
         return mx.nd.take(self.weight, idx).copyto(ws["rows"])
@@ -351,7 +350,8 @@ class PartialFC:
         out["ws"] = ws = self._workspace(n, s)
         if self.fused:
             return self._fused_start(plan, n, ws, out)
-        out["w"] = w = self._used_rows(plan.index, ws)
+        out["index"] = None if plan.index is None else _host_array(plan.index, "int64", self.store_ctx)
+        out["w"] = w = self._used_rows(out["index"], ws)
         fm.row_norms(w, out=ws["wnorm"])
         return out
 
@@ -397,8 +397,7 @@ class PartialFC:
             return mx.nd.zeros((n, self.embedding_size), ctx=self.ctx)
         if self.fused:
             return self._fused_backward(local, lse, xn, n)
-        index = None if plan.index is None else _host_array(plan.index, "int64", self.store_ctx)
-        ws, w = local["ws"], local["w"]
+        index, ws, w = local["index"], local["ws"], local["w"]
         logits, probs, wnorm = ws["logits"], ws["probs"], ws["wnorm"]
         # off the targets dL/dcos = g·P (P: local softmax, g: this rank's share of the row · s/N); the row
         # factor g goes into xn, into the product for dxn and into the sum for r, never over the (N, S) matrix

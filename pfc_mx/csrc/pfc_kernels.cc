@@ -140,6 +140,10 @@ int threads() {
   return count;
 }
 
+// Threads for a pass over this many elements: one below 2^20 (an (N, D) batch array, say), where
+// waking a second thread costs more than it saves.
+int threads_for(int64_t elements) { return elements >= (int64_t{1} << 20) ? threads() : 1; }
+
 // ---------------------------------------------------------------- gather_normalize
 constexpr int64_t kGatherAhead = 8;  // rows prefetched ahead (10-15% faster cold, 1 or 2 threads)
 
@@ -345,8 +349,6 @@ MXReturnValue softmax_loss_shape(const Attrs&, Shapes* in, Shapes* out) {
 }
 
 // ---------------------------------------------------------------- softmax_scale
-constexpr int64_t kSmall = 1 << 20;  // elements below which waking a second thread costs more than it saves
-
 MXReturnValue softmax_scale_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                                     const OpResource&) {
   const int64_t n = (*in)[0].shape[0], d = (*in)[0].shape[1], s = (*in)[1].shape[0];
@@ -362,7 +364,7 @@ MXReturnValue softmax_scale_forward(const Attrs& attrs, std::vector<MXTensor>* i
   float* tcoef = (*out)[2].data<float>();
   if (!finite_attrs("pfc_softmax_scale", attrs, {"scale"})) return mxnet::ext::MX_FAIL;
   const float per_row = attr_float(attrs, "scale", 1.0f) / static_cast<float>(n);
-#pragma omp parallel for schedule(static) num_threads(n * d >= kSmall ? threads() : 1)
+#pragma omp parallel for schedule(static) num_threads(threads_for(n * d))
   for (int64_t i = 0; i < n; ++i) {
     const float g = std::exp(stats[i] - lse[i]) * per_row;
     const int64_t t = tgt[i] >= 0 && tgt[i] < s ? tgt[i] : -1;
@@ -408,7 +410,7 @@ MXReturnValue normalize_grad_forward(const Attrs&, std::vector<MXTensor>* in, st
   const float* y = (*in)[1].data<float>();
   const float* norm = (*in)[2].data<float>();
   float* dx = (*out)[0].data<float>();
-#pragma omp parallel for schedule(static) num_threads(threads())
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * d))
   for (int64_t i = 0; i < rows; ++i) {
     const float* dyi = dy + i * d;
     const float* yi = y + i * d;
