@@ -12,8 +12,8 @@ Shards follow shared/DESIGN.md §3 step 4; the initial centers of a global class
 depend only on the seed and the class id, never on the world size, so any
 number of ranks starts from the same global center matrix. Sampling is step 5:
 every positive class of the shard, then negatives drawn uniformly without
-replacement among the other rows (distinct ranks among the non-positives, mapped to rows
-with a search over the positives).
+replacement among the other rows (the first non-positive rows of a random
+ordering of the shard).
 """
 from __future__ import annotations
 
@@ -66,30 +66,24 @@ def num_sample(sample_rate: float, num_local: int, num_positive: int) -> int:
     return min(num_local, max(int(sample_rate * num_local), num_positive))
 
 
-def complement_rows(positives: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """Row of each rank among the rows that are not positives: ranks[i]-th non-positive row (int64).
-
-    positives: sorted unique rows. q_j = positives[j] − j counts the non-positive rows below
-    positives[j]; the r-th non-positive row is r + #{j: q_j <= r}. No array of the shard's size.
-    """
-    shift = positives - np.arange(len(positives), dtype=np.int64)
-    return ranks + np.searchsorted(shift, ranks, side="right")
-
-
 def sample_index(positives: np.ndarray, num_local: int, count: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted (count,) int64 rows: all positives plus count − |positives| uniform negatives.
 
     positives: sorted unique local rows that must be included (count >= len(positives)).
-    Negatives: distinct uniform ranks among the num_local − |positives| other rows
-    (Generator.choice without replacement), mapped to rows by complement_rows.
+    Negatives: the first count − |positives| non-positive rows of `order`, count distinct rows in
+    uniformly random order (Generator.choice without replacement, shuffled). Read as the start
+    of a random permutation of the shard, whose non-positive rows are in turn a random
+    permutation of the non-positives: so every subset of that size is equally likely. `order`
+    holds at most |positives| positives, so there are always enough. Cost O(count) plus one
+    byte per row of the shard (the mask that also yields the sorted union); no sort, no search.
     """
     if count >= num_local:
         return np.arange(num_local, dtype=np.int64)
     positives = np.asarray(positives, dtype=np.int64)
-    ranks = rng.choice(num_local - len(positives), size=count - len(positives), replace=False)
-    used = np.zeros(num_local, dtype=bool)  # one byte per row: a sorted union in one linear scan, no sort
+    order = rng.choice(num_local, size=count, replace=False)
+    used = np.zeros(num_local, dtype=bool)
     used[positives] = True
-    used[complement_rows(positives, ranks.astype(np.int64))] = True
+    used[order[~used[order]][:count - len(positives)]] = True
     return np.flatnonzero(used)
 
 

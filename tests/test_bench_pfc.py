@@ -18,4 +18,6 @@ def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
         assert float(c[4]) > 0 and float(c[5]) > 0 and float(c[6]) > 0  # head ms, matmul ms, ratio
         update, rest = float(c[11]), float(c[12])  # the update's share of the head, the rest / matmul
         assert 0 < update < float(c[4]) and 0 < rest < float(c[6])
-        assert int(c[13]) >= 1  # timed steps: --steps, or more while they fit in --seconds
+        cpu, python, bound = float(c[13]), float(c[14]), float(c[15])  # CPU ms of the step: process, Python
+        assert 0 < python <= cpu and bound > 0
+        assert int(c[16]) >= 1  # timed steps: --steps, or more while they fit in --seconds

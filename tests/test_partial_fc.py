@@ -194,12 +194,17 @@ def test_negatives_are_uniform_chi_square():
     assert stats.chisquare(negative_counts(biased, 60, positives, 12, 3000)).pvalue < 1e-3
 
 
-def test_complement_rows_equal_setdiff():
-    rng = np.random.default_rng(12)
-    for n, positives in [(10, [0, 1, 5, 9]), (200, rng.choice(200, 37, replace=False)), (50, []), (6, [0, 1, 2])]:
-        positives = np.sort(np.asarray(positives, np.int64))
-        rest = np.setdiff1d(np.arange(n), positives)
-        np.testing.assert_array_equal(shard.complement_rows(positives, np.arange(len(rest))), rest)
+def test_negative_subsets_are_uniform_chi_square():
+    # the joint law, not only each row's rate: every 3 of the 6 non-positive rows equally likely
+    positives = np.array([1, 4])
+    seen = {}
+    for i in range(4000):
+        rows = shard.sample_index(positives, 8, 5, shard.step_rng(13, 0, i))
+        assert len(rows) == 5 and set(positives) <= set(rows) and (np.diff(rows) > 0).all()
+        key = tuple(sorted(set(rows.tolist()) - set(positives.tolist())))
+        seen[key] = seen.get(key, 0) + 1
+    assert len(seen) == 20  # C(6, 3)
+    assert stats.chisquare(list(seen.values())).pvalue > 1e-3
 
 
 def test_shards_partition_classes_and_init_is_independent_of_world_size():

@@ -9,7 +9,11 @@ world 2) builds a PartialFC (D = --dim, global batch N = --batch) and measures:
   the timed steps after one warm-up step: at least --steps, more while they fit
   in --seconds, at most 100; every rank runs the same number), and of it the
   ``step`` alone (update: the
-  SGD-momentum pass over the used center rows, which the products leave out);
+  SGD-momentum pass over the used center rows, which the products leave out), and
+  the CPU time of those steps, summed over the ranks' processes (every thread:
+  Python, MXNet's workers, Horovod's), and of the busiest Python thread. The
+  ranks start each step together, so a step takes at least its CPU time over
+  the cores: CPU / (cores × matmul) bounds head / matmul from below;
 - matmul: the three plain products that step needs at the same shapes on this
   rank, logits X·Wᵀ (N×D·D×S), dX = G·W and dW = Gᵀ·X (the faster of dot and
   linalg.gemm2), run alternately with the head steps in the same process;
@@ -45,6 +49,7 @@ from pfc_mx.errors import ConfigError  # noqa: E402
 from tools._cli import run_cli  # noqa: E402
 
 MIB = 1 << 20
+CORES = os.cpu_count() or 1
 
 
 def _status_kib(field: str) -> int:
@@ -97,9 +102,11 @@ def worker(args: argparse.Namespace) -> None:
     rss0 = _status_kib("VmRSS")
     pfc = PartialFC(c, d, sample_rate=args.rates[0], seed=0)
 
-    def head(step: int) -> Tuple[float, float]:
-        """(seconds of forward_backward + step, seconds of step alone)."""
+    def head(step: int) -> Tuple[float, float, float, float]:
+        """Seconds of forward_backward + step, of step alone, and CPU seconds of the process (every
+        thread: Python, MXNet's workers, Horovod's) and of the Python thread over the same span."""
         y = labels(step)
+        cpu, py = time.process_time(), time.thread_time()
         t = time.perf_counter()
         pfc.forward_backward(x, y)
         mx.nd.waitall()
@@ -107,9 +114,9 @@ def worker(args: argparse.Namespace) -> None:
         pfc.step(0.1, momentum=0.9, wd=5e-4)
         mx.nd.waitall()
         end = time.perf_counter()
-        return end - t, end - u
+        return end - t, end - u, time.process_time() - cpu, time.thread_time() - py
 
-    warm, _ = head(0)
+    warm = head(0)[0]
     growth = (_status_kib("VmHWM") - rss0) * 1024
     s = len(pfc.last_index)
     budget = head_budget_bytes(pfc.num_local, s, d, n)
@@ -139,17 +146,20 @@ def worker(args: argparse.Namespace) -> None:
     products()
     slowest = max(dist.allgather_object(warm))  # the same step count on every rank
     steps = max(args.steps, min(100, int(args.seconds / max(slowest, 1e-6))))
-    heads, updates, mats = [], [], []
+    heads, updates, cpus, pys, mats = [], [], [], [], []
     for step in range(1, steps + 1):
         dist.barrier()
-        total, update = head(step)
+        total, update, cpu, py = head(step)
         heads.append(total)
         updates.append(update)
+        cpus.append(cpu)
+        pys.append(py)
         dist.barrier()
         mats.append(products())
     result = {"world": world, "rank": rank, "classes": c, "rate": args.rates[0], "num_local": pfc.num_local,
               "sampled": s, "steps": steps, "head_s": float(np.mean(heads)),
-              "update_s": float(np.mean(updates)), "matmul_s": float(np.mean(mats)),
+              "update_s": float(np.mean(updates)), "cpu_s": float(np.mean(cpus)), "python_s": float(np.mean(pys)),
+              "matmul_s": float(np.mean(mats)),
               "growth_bytes": growth, "budget_bytes": budget}
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
@@ -160,7 +170,7 @@ def launch(world: int, classes: int, rate: float, args: argparse.Namespace, out:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--classes", str(classes), "--rates", str(rate),
            "--dim", str(args.dim), "--batch", str(args.batch), "--steps", str(args.steps),
            "--seconds", str(args.seconds), "--out", str(out)]
-    threads = max(1, (os.cpu_count() or 1) // world)
+    threads = max(1, CORES // world)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     if world > 1:
         cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(world), "-H", f"localhost:{world}",
@@ -174,7 +184,8 @@ def launch(world: int, classes: int, rate: float, args: argparse.Namespace, out:
 def table(rows: List[Dict]) -> str:
     """Markdown table; one line per (world, C, rate) with the slowest rank's times and largest memory."""
     head = ("| ranks | C | rate | S per rank | head ms | matmul ms | head / matmul | rate 1 / this | "
-            "memory growth MiB | budget MiB | growth / budget | update ms | (head − update) / matmul | timed steps |")
+            "memory growth MiB | budget MiB | growth / budget | update ms | (head − update) / matmul | "
+            "CPU ms | Python ms | CPU / (cores × matmul) | timed steps |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     full = {(r["world"], r["classes"]): r["head_s"] for r in rows if r["rate"] == 1.0}
     for r in rows:
@@ -184,6 +195,7 @@ def table(rows: List[Dict]) -> str:
                      f"{(speedup / r['head_s']) if speedup else float('nan'):.1f} | {r['growth_bytes'] / MIB:.0f} | "
                      f"{r['budget_bytes'] / MIB:.0f} | {r['growth_bytes'] / r['budget_bytes']:.2f} | "
                      f"{1e3 * r['update_s']:.1f} | {(r['head_s'] - r['update_s']) / r['matmul_s']:.2f} | "
+                     f"{1e3 * r['cpu_s']:.1f} | {1e3 * r['python_s']:.1f} | {r['cpu_s'] / (CORES * r['matmul_s']):.2f} | "
                      f"{r['steps']} |")
     return "\n".join(lines)
 
@@ -193,6 +205,7 @@ def merge(ranks: List[Dict]) -> Dict:
     worst = max(ranks, key=lambda r: r["growth_bytes"] / r["budget_bytes"])
     return {**ranks[0], "head_s": max(r["head_s"] for r in ranks),
             "update_s": max(r["update_s"] for r in ranks), "matmul_s": max(r["matmul_s"] for r in ranks),
+            "cpu_s": sum(r["cpu_s"] for r in ranks), "python_s": max(r["python_s"] for r in ranks),
             "sampled": max(r["sampled"] for r in ranks), "growth_bytes": worst["growth_bytes"],
             "budget_bytes": worst["budget_bytes"]}
 
