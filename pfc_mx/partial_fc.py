@@ -79,6 +79,50 @@ log = logging.getLogger(__name__)
 LOWEST = float(np.finfo(np.float32).min)  # log-normaliser of a rank without columns
 EMBEDDING_DTYPES = ("float32", "float16", "float64", "bfloat16")  # codes of the labels' header
 UPDATE_CHUNK_BYTES = 4 << 20              # rows per sparse-update call: 4 MiB of gradient
+MAX_TENSOR_ELEMENTS = 2 ** 31 - 1         # MXNet arrays without USE_INT64_TENSOR_SIZE: size < this
+LABEL_PROBLEMS = ("", "are not numbers", "is not a whole number", "is outside [0, {c})")  # codes of the header
+
+
+def _class_ids(y: np.ndarray, num_classes: int) -> Tuple[np.ndarray, Tuple[int, int, float]]:
+    """Labels (any shape, integer or float) as int64 class ids, and (problem, position, value) of the first bad one.
+
+    problem indexes LABEL_PROBLEMS (0: none; the ids are then exact). Checked before any
+    cast, so that 2**32 + 3, 3.9 or NaN can never pass as a valid class.
+    """
+    y = np.asarray(y).reshape(-1)
+    ids = np.zeros(len(y), dtype=np.int64)
+    if y.dtype.kind not in "iuf":
+        return ids, (1, 0, float("nan"))
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.floor(y))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            return ids, (2, first, float(y[first]))
+    outside = (y < 0) | (y >= num_classes)
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        return ids, (3, first, float(y[first]))
+    return y.astype(np.int64), (0, 0, 0.0)
+
+
+def _check_tensor_size(num_classes: int, dim: int, world: int) -> None:
+    """ValueError when a shard (num_local, D) is beyond what this MXNet build can allocate.
+
+    The mxnet wheels are built without USE_INT64_TENSOR_SIZE: one array holds fewer than
+    2**31 elements, so at D = 512 a rank holds at most 4,194,303 classes.
+    """
+    largest = -(-num_classes // world) * dim  # the first shards are the largest
+    if largest < MAX_TENSOR_ELEMENTS or mx.runtime.Features().is_enabled("INT64_TENSOR_SIZE"):
+        return
+    need = -(-num_classes // ((MAX_TENSOR_ELEMENTS - 1) // dim))
+    raise ValueError(f"{num_classes} classes of dimension {dim} on {world} rank(s) make shards of {largest:,} "
+                     f"elements, beyond the {MAX_TENSOR_ELEMENTS - 1:,} of one MXNet array in this build "
+                     f"(without USE_INT64_TENSOR_SIZE); use at least {need} ranks")
+
+
+def _float_bits(values: Sequence[float]) -> list:
+    """float64 values as int64 bit patterns (to travel in an integer header exactly)."""
+    return np.asarray(values, dtype=np.float64).view(np.int64).tolist()
 
 
 def _host_array(a: Any, dtype: str, ctx: mx.Context) -> mx.nd.NDArray:
@@ -128,6 +172,7 @@ class PartialFC:
         self.store_ctx = mx.cpu() if centers_on == "host" else self.ctx
         self.fused = self._use_fused(kernels)
         self.class_start, self.num_local = shard_range(self.num_classes, self.world, self.rank)
+        _check_tensor_size(self.num_classes, self.embedding_size, self.world)
         self.weight = _zeros((self.num_local, self.embedding_size), self.store_ctx)
         self.momentum = _zeros((self.num_local, self.embedding_size), self.store_ctx)
         for lo, hi, rows in init_center_rows(self.class_start, self.num_local, self.embedding_size, self.seed):
@@ -208,7 +253,7 @@ class PartialFC:
         b = embeddings.shape[0]
         d = embeddings.shape[1] if embeddings.ndim == 2 else -1
         y = labels.asnumpy() if isinstance(labels, mx.nd.NDArray) else np.asarray(labels)
-        all_labels = self._gather_labels(b, d, str(np.dtype(embeddings.dtype)), y.reshape(-1).astype(np.int64))
+        all_labels = self._gather_labels(b, d, str(np.dtype(embeddings.dtype)), y)
         n = self.world * b
         # queued, not waited for: the ranks exchange embeddings while this host plans the step
         x_all = dist.gather_rows(embeddings.as_in_context(self.ctx), name="pfc_mx.pfc.embeddings")
@@ -272,44 +317,57 @@ class PartialFC:
 
     # ---------------------------------------------------------------- helpers
     def _gather_labels(self, b: int, d: int, dtype: str, y: np.ndarray) -> np.ndarray:
-        """All ranks' labels (N,) in rank order.
+        """All ranks' labels (N,) as int64 class ids, in rank order.
 
-        Each rank sends (B, D, number of labels, fused kernels or not, embedding dtype,
-        labels); every check runs on the gathered data, so a bad input on one rank
-        raises ValueError on every rank instead of leaving the others waiting in a
+        Each rank sends a header (B, D, number of labels, fused kernels or not, embedding
+        dtype, the head's settings: C, margin, scale, filtering threshold; its first bad
+        label) and its labels; every check runs on the gathered data, so a bad input on one
+        rank raises ValueError on every rank instead of leaving the others waiting in a
         collective.
         """
         code = EMBEDDING_DTYPES.index(dtype) if dtype in EMBEDDING_DTYPES else len(EMBEDDING_DTYPES)
-        header = [b, d, len(y), int(self.fused), code]
-        packed = dist.allgather(_host_array(np.concatenate([header, y]), "int32", mx.cpu()), name="pfc_mx.pfc.labels")
-        packed = packed.asnumpy().astype(np.int64)
+        ids, (problem, position, value) = _class_ids(y, self.num_classes)
+        settings = [self.num_classes, *_float_bits([*self.margin, self.scale, self.threshold])]
+        header = [b, d, len(ids), int(self.fused), code, *settings, problem, position, *_float_bits([value])]
+        packed = dist.allgather(_host_array(np.concatenate([header, ids]), "int64", mx.cpu()), name="pfc_mx.pfc.labels")
+        packed = packed.asnumpy()
         headers, parts, pos, k = [], [], 0, len(header)
         for _ in range(self.world):
             headers.append(tuple(int(v) for v in packed[pos:pos + k]))
             parts.append(packed[pos + k:pos + k + headers[-1][2]])
             pos += k + headers[-1][2]
-        sizes, dims, counts, fused, dtypes = zip(*headers)
+        ranks = f"on ranks 0..{self.world - 1}"
+        sizes, dims, counts, fused, dtypes = (list(col) for col in zip(*[h[:5] for h in headers]))
         if len(set(sizes)) != 1:
-            raise ValueError(f"every rank must pass the same batch size, got {list(sizes)} on ranks "
-                             f"0..{self.world - 1}")
+            raise ValueError(f"every rank must pass the same batch size, got {sizes} {ranks}")
         if set(dims) != {self.embedding_size}:
-            raise ValueError(f"embeddings must be (B, {self.embedding_size}), got dimension {list(dims)} per rank "
+            raise ValueError(f"embeddings must be (B, {self.embedding_size}), got dimension {dims} per rank "
                              "(-1: not 2-D)")
         if counts != sizes:
-            raise ValueError(f"got {list(counts)} labels for {list(sizes)} embeddings per rank")
+            raise ValueError(f"got {counts} labels for {sizes} embeddings per rank")
+        if sizes[0] == 0:
+            raise ValueError("got an empty batch (0 embeddings on every rank); a step needs at least one sample")
         if len(set(dtypes)) != 1:  # the embeddings are exchanged as raw values of one dtype
             names = [EMBEDDING_DTYPES[c] if c < len(EMBEDDING_DTYPES) else "other" for c in dtypes]
-            raise ValueError(f"every rank must pass embeddings of the same dtype, got {names} on ranks "
-                             f"0..{self.world - 1}")
+            raise ValueError(f"every rank must pass embeddings of the same dtype, got {names} {ranks}")
         if len(set(fused)) != 1:  # the ranks would compute the loss in different ways
-            raise ValueError(f"ranks disagree on the Partial FC kernels (fused: {[bool(f) for f in fused]} on ranks "
-                             f"0..{self.world - 1}); set partial_fc.kernels (or PFC_MX_KERNELS) to 'stock' or make "
-                             "the fused kernels load on every host")
-        labels = np.concatenate(parts)
-        bad = (labels < 0) | (labels >= self.num_classes)
-        if bad.any():
-            raise ValueError(f"label {labels[bad][0]} is outside [0, {self.num_classes})")
-        return labels
+            raise ValueError(f"ranks disagree on the Partial FC kernels (fused: {[bool(f) for f in fused]} {ranks}); "
+                             "set partial_fc.kernels (or PFC_MX_KERNELS) to 'stock' or make the fused kernels load "
+                             "on every host")
+        if len({h[5:5 + len(settings)] for h in headers}) != 1:  # shards and softmax would not fit together
+            shown = [(h[5], *np.asarray(h[6:5 + len(settings)], np.int64).view(np.float64).tolist()) for h in headers]
+            raise ValueError(f"ranks disagree on the Partial FC settings (num_classes, m1, m2, m3, scale, "
+                             f"interclass threshold): {shown} {ranks}")
+        for r, h in enumerate(headers):
+            problem, position = h[-3], h[-2]
+            if problem == 1:
+                raise ValueError(f"labels must be class ids (integers), got labels that {LABEL_PROBLEMS[1]} on rank {r}")
+            if problem:
+                v = float(np.int64(h[-1]).view(np.float64))
+                shown = int(v) if np.isfinite(v) and v == int(v) else v
+                what = LABEL_PROBLEMS[problem].format(c=self.num_classes)
+                raise ValueError(f"label {shown} (rank {r}, position {position}) {what}")
+        return np.concatenate(parts)
 
     def _workspace(self, n: int, s: int) -> Dict[str, mx.nd.NDArray]:
         """Buffers of one step, reused while (N, S) stay the same (see the module docstring)."""

@@ -74,12 +74,16 @@ def sample_index(positives: np.ndarray, num_local: int, count: int, rng: np.rand
     uniformly random order (Generator.choice without replacement, shuffled). Read as the start
     of a random permutation of the shard, whose non-positive rows are in turn a random
     permutation of the non-positives: so every subset of that size is equally likely. `order`
-    holds at most |positives| positives, so there are always enough. Cost O(count) plus one
-    byte per row of the shard (the mask that also yields the sorted union); no sort, no search.
+    holds at most |positives| positives, so there are always enough. No sort, no search: a
+    linear pass over a mask of the shard (one byte per row) yields the sorted union. Time
+    O(num_local); memory one byte per row, plus a transient int64 row range inside choice
+    when count > num_local / 50 (NumPy then shuffles the whole range).
     """
     if count >= num_local:
         return np.arange(num_local, dtype=np.int64)
     positives = np.asarray(positives, dtype=np.int64)
+    if count < len(positives):
+        raise ValueError(f"count {count} is below the {len(positives)} positives that must be sampled")
     order = rng.choice(num_local, size=count, replace=False)
     used = np.zeros(num_local, dtype=bool)
     used[positives] = True

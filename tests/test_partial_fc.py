@@ -205,6 +205,8 @@ def test_negative_subsets_are_uniform_chi_square():
         seen[key] = seen.get(key, 0) + 1
     assert len(seen) == 20  # C(6, 3)
     assert stats.chisquare(list(seen.values())).pvalue > 1e-3
+    with pytest.raises(ValueError, match="count 2 is below the 3 positives"):
+        shard.sample_index(np.array([0, 1, 2]), 10, 2, shard.step_rng(13, 0, 0))
 
 
 def test_shards_partition_classes_and_init_is_independent_of_world_size():
@@ -291,6 +293,20 @@ def test_bad_input_raises_value_error():
         pfc.forward_backward(mx.nd.ones((2, 5)), mx.nd.zeros((2,)))
     with pytest.raises(ValueError, match="outside"):
         pfc.forward_backward(mx.nd.ones((2, 4)), mx.nd.array([0, 10]))
+    # checked before any cast: neither wrapped into int32 (2**32 + 3 is not class 3) nor truncated
+    for bad, match in [([1, 2 ** 32 + 3], r"label 4294967299 \(rank 0, position 1\) is outside \[0, 10\)"),
+                       ([2 ** 31, 1], "label 2147483648 .* outside"), ([1.0, np.nan], "label nan .* not a whole"),
+                       ([3.9, 1.0], r"label 3.9 \(rank 0, position 0\) is not a whole number"),
+                       (["a", "b"], "not numbers on rank 0")]:
+        with pytest.raises(ValueError, match=match):
+            pfc.forward_backward(mx.nd.ones((2, 4)), np.array(bad))
+    # a shard beyond one MXNet array (2**31 - 1 elements in these builds): said before allocating anything
+    with pytest.raises(ValueError, match="shards of 2,147,483,648 elements.*use at least 2 ranks"):
+        PartialFC(4_194_304, 512)
+    with mx.util.np_shape(True):
+        empty = mx.nd.zeros((0, 4))
+    with pytest.raises(ValueError, match="empty batch"):
+        pfc.forward_backward(empty, np.zeros(0))
     with pytest.raises(ValueError, match="labels for"):
         pfc.forward_backward(mx.nd.ones((2, 4)), mx.nd.zeros((3,)))
     with pytest.raises(ValueError, match="not 2-D"):
@@ -361,6 +377,20 @@ def test_ranks_on_different_kernels_raise_on_every_rank(two_rank_heads):
 @pytest.mark.dist
 def test_ranks_with_different_embedding_dtypes_raise_on_every_rank(two_rank_heads):
     assert all("same dtype, got ['float32', 'float16']" in str(r["mixed_dtype_error"]) for r in two_rank_heads)
+
+
+@pytest.mark.dist
+def test_ranks_with_different_settings_raise_on_every_rank(two_rank_heads):
+    # C 10 against 6: overlapping shards and classes without an owner would give a wrong loss silently
+    assert all("disagree on the Partial FC settings (num_classes, m1, m2, m3, scale, interclass threshold): "
+               "[(10, 1.0, 0.5, 0.0, 64.0, 0.0), (6, 1.0, 0.5, 0.0, 64.0, 0.0)]" in str(r["mixed_classes_error"])
+               for r in two_rank_heads)
+    assert all("disagree on the Partial FC settings" in str(r["mixed_scale_error"]) for r in two_rank_heads)
+
+
+@pytest.mark.dist
+def test_a_bad_label_on_one_rank_raises_on_every_rank(two_rank_heads):
+    assert all("label 7 (rank 1, position 1) is outside [0, 5)" in str(r["bad_label_error"]) for r in two_rank_heads)
 
 
 def test_host_arrays_are_private_copies():

@@ -89,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
     rng = np.random.default_rng([1, rank])
     x = mx.nd.array(rng.standard_normal((b, d)).astype(np.float32))
     def labels(step: int) -> mx.nd.NDArray:
-        return mx.nd.array(np.random.default_rng([2, step]).integers(0, c, n)[rank * b:(rank + 1) * b])
+        return mx.nd.array(np.random.default_rng([2, step]).integers(0, c, n)[rank * b:(rank + 1) * b], dtype="int64")
 
     # one-time runtime costs (OpenMP threads, BLAS buffers, operator set-up) are paid by a tiny head first
     tiny = PartialFC(1000 * world, d, sample_rate=args.rates[0], seed=0)

@@ -6,7 +6,7 @@ one process on the concatenated batch and compares.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import mxnet as mx
 import numpy as np
@@ -65,10 +65,10 @@ def run_head(cfg: Dict[str, Any], world: int, rank: int) -> Dict[str, np.ndarray
             "used_per_step": np.array([len(i) for i in indices])}
 
 
-def value_error(pfc: PartialFC, b: int, dtype: str = "float32") -> str:
+def value_error(pfc: PartialFC, b: int, dtype: str = "float32", labels: Optional[np.ndarray] = None) -> str:
     """The ValueError message of one step of pfc on b samples of this rank ("" when none is raised)."""
     try:
-        pfc.forward_backward(mx.nd.ones((b, 4), dtype=dtype), mx.nd.zeros((b,)))
+        pfc.forward_backward(mx.nd.ones((b, 4), dtype=dtype), np.zeros(b, np.int64) if labels is None else labels)
     except ValueError as e:
         return str(e)
     return ""
@@ -89,9 +89,24 @@ def mixed_dtype_error() -> str:
     return value_error(PartialFC(5, 4), 2, "float16" if dist.rank() == 1 else "float32")
 
 
+def mixed_classes_error() -> str:
+    """Rank 0 has C = 10, rank 1 C = 6 (shards that overlap, classes no rank owns): every rank must raise."""
+    return value_error(PartialFC(10 if dist.rank() == 0 else 6, 4), 2)
+
+
+def mixed_scale_error() -> str:
+    """Rank 1 uses scale 32, rank 0 the default 64: every rank must raise."""
+    return value_error(PartialFC(5, 4, scale=64.0 if dist.rank() == 0 else 32.0), 2)
+
+
+def bad_label_error() -> str:
+    """Rank 1 passes label 7 of 5 classes: every rank must raise, naming it."""
+    return value_error(PartialFC(5, 4), 2, labels=np.array([0, 7 if dist.rank() == 1 else 0]))
+
+
 @case
 def partial_fc_heads(outdir: Path) -> Dict[str, np.ndarray]:
-    """Every config of CONFIGS (keys "name/field"), then the unequal-batch, mixed-kernels and mixed-dtype checks."""
+    """Every config of CONFIGS (keys "name/field"), then the checks that bad input raises on every rank."""
     out: Dict[str, np.ndarray] = {}
     for name, cfg in CONFIGS.items():
         for key, value in run_head(cfg, dist.size(), dist.rank()).items():
@@ -99,4 +114,6 @@ def partial_fc_heads(outdir: Path) -> Dict[str, np.ndarray]:
     out["unequal_batch_error"] = np.array(unequal_batch_error())
     out["mixed_kernels_error"] = np.array(mixed_kernels_error())
     out["mixed_dtype_error"] = np.array(mixed_dtype_error())
+    for check in (mixed_classes_error, mixed_scale_error, bad_label_error):
+        out[check.__name__] = np.array(check())
     return out
