@@ -72,14 +72,13 @@ from pfc_mx import dist
 from pfc_mx import fc_math as fm
 from pfc_mx import kernels as pfc_kernels
 from pfc_mx.margin import get_margin, keep_mask, target_logit_and_derivative
-from pfc_mx.shard import init_center_rows, plan_step, shard_range, step_rng
+from pfc_mx.shard import MAX_ARRAY_ELEMENTS, init_center_rows, min_world, plan_step, shard_range, step_rng
 
 log = logging.getLogger(__name__)
 
 LOWEST = float(np.finfo(np.float32).min)  # log-normaliser of a rank without columns
 EMBEDDING_DTYPES = ("float32", "float16", "float64", "bfloat16")  # codes of the labels' header
 UPDATE_CHUNK_BYTES = 4 << 20              # rows per sparse-update call: 4 MiB of gradient
-MAX_TENSOR_ELEMENTS = 2 ** 31 - 1         # MXNet arrays without USE_INT64_TENSOR_SIZE: size < this
 LABEL_PROBLEMS = ("", "are not numbers", "is not a whole number", "is outside [0, {c})")  # codes of the header
 
 
@@ -105,19 +104,13 @@ def _class_ids(y: np.ndarray, num_classes: int) -> Tuple[np.ndarray, Tuple[int, 
     return y.astype(np.int64), (0, 0, 0.0)
 
 
-def _check_tensor_size(num_classes: int, dim: int, world: int) -> None:
-    """ValueError when a shard (num_local, D) is beyond what this MXNet build can allocate.
+def _fits_one_array(elements: int) -> bool:
+    """Whether this MXNet build can allocate one array of that many elements.
 
-    The mxnet wheels are built without USE_INT64_TENSOR_SIZE: one array holds fewer than
-    2**31 elements, so at D = 512 a rank holds at most 4,194,303 classes.
+    The mxnet wheels are built without USE_INT64_TENSOR_SIZE: at most MAX_ARRAY_ELEMENTS,
+    so at D = 512 a rank holds at most 4,194,303 classes.
     """
-    largest = -(-num_classes // world) * dim  # the first shards are the largest
-    if largest < MAX_TENSOR_ELEMENTS or mx.runtime.Features().is_enabled("INT64_TENSOR_SIZE"):
-        return
-    need = -(-num_classes // ((MAX_TENSOR_ELEMENTS - 1) // dim))
-    raise ValueError(f"{num_classes} classes of dimension {dim} on {world} rank(s) make shards of {largest:,} "
-                     f"elements, beyond the {MAX_TENSOR_ELEMENTS - 1:,} of one MXNet array in this build "
-                     f"(without USE_INT64_TENSOR_SIZE); use at least {need} ranks")
+    return elements <= MAX_ARRAY_ELEMENTS or mx.runtime.Features().is_enabled("INT64_TENSOR_SIZE")
 
 
 def _float_bits(values: Sequence[float]) -> list:
@@ -172,7 +165,11 @@ class PartialFC:
         self.store_ctx = mx.cpu() if centers_on == "host" else self.ctx
         self.fused = self._use_fused(kernels)
         self.class_start, self.num_local = shard_range(self.num_classes, self.world, self.rank)
-        _check_tensor_size(self.num_classes, self.embedding_size, self.world)
+        if not _fits_one_array(shard_range(self.num_classes, self.world, 0)[1] * self.embedding_size):
+            raise ValueError(f"{self.num_classes} classes of dimension {self.embedding_size} on {self.world} rank(s) "
+                             f"make shards beyond the {MAX_ARRAY_ELEMENTS:,} elements of one MXNet array in this build "
+                             f"(without USE_INT64_TENSOR_SIZE); use at least "
+                             f"{min_world(self.num_classes, self.embedding_size)} ranks")
         self.weight = _zeros((self.num_local, self.embedding_size), self.store_ctx)
         self.momentum = _zeros((self.num_local, self.embedding_size), self.store_ctx)
         for lo, hi, rows in init_center_rows(self.class_start, self.num_local, self.embedding_size, self.seed):
@@ -373,6 +370,10 @@ class PartialFC:
         """Buffers of one step, reused while (N, S) stay the same (see the module docstring)."""
         key = (n, s)
         if self._ws.get("key") != key:
+            if not _fits_one_array(n * s):
+                raise ValueError(f"the step's logits (N × S = {n:,} × {s:,} elements) are beyond the "
+                                 f"{MAX_ARRAY_ELEMENTS:,} of one MXNet array in this build (without "
+                                 "USE_INT64_TENSOR_SIZE); lower the sample rate or the global batch, or use more ranks")
             self._ws = {}  # free the old buffers before allocating new ones
             ctx = self.ctx
             ws = {"key": key, "rows": mx.nd.empty((s, self.embedding_size), ctx=ctx),

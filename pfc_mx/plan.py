@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from pfc_mx.errors import ConfigError
-from pfc_mx.shard import num_sample, shard_range
+from pfc_mx.shard import MAX_ARRAY_ELEMENTS, min_world, num_sample, shard_range
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -284,6 +284,16 @@ def assumptions(spec: RunSpec, num_local: int, s: int) -> List[str]:
     if spec.centers_on == "host":
         lines.append(f"centers on the host: {2 * num_local * spec.embedding_size * FP32 / GiB:.2f} GiB "
                      "of host memory per rank, not counted in the GPU total")
+    need = min_world(spec.num_classes, spec.embedding_size)
+    if spec.world < need:
+        lines.append(f"**too few GPUs for pfc_mx on the released MXNet wheels**: the shard holds "
+                     f"{num_local * spec.embedding_size:,} elements, one MXNet array at most {MAX_ARRAY_ELEMENTS:,} "
+                     f"(builds without USE_INT64_TENSOR_SIZE); PartialFC refuses it: use at least {need} GPUs")
+    n = spec.world * spec.batch
+    if n * s > MAX_ARRAY_ELEMENTS:
+        lines.append(f"**logits too large for pfc_mx on the released MXNet wheels**: N × S = {n * s:,} elements, "
+                     f"one MXNet array at most {MAX_ARRAY_ELEMENTS:,}; PartialFC refuses the step: lower the "
+                     "sample rate or the batch, or use more GPUs")
     return lines
 
 

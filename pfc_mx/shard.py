@@ -24,12 +24,18 @@ import numpy as np
 
 INIT_STD = 0.01
 INIT_BLOCK = 4096  # classes per independently seeded block of initial centers
+MAX_ARRAY_ELEMENTS = 2 ** 31 - 2  # one MXNet array without USE_INT64_TENSOR_SIZE (the released wheels)
 
 
 def shard_range(num_classes: int, world: int, rank: int) -> Tuple[int, int]:
     """(class_start, num_local) of rank: C // W classes each, the first C % W ranks one more."""
     base, extra = divmod(num_classes, world)
     return base * rank + min(rank, extra), base + (rank < extra)
+
+
+def min_world(num_classes: int, dim: int) -> int:
+    """Fewest ranks whose largest shard (num_local, dim) fits in one array of MAX_ARRAY_ELEMENTS."""
+    return -(-num_classes // (MAX_ARRAY_ELEMENTS // dim))
 
 
 def init_center_rows(class_start: int, num_local: int, dim: int, seed: int,

@@ -301,8 +301,11 @@ def test_bad_input_raises_value_error():
         with pytest.raises(ValueError, match=match):
             pfc.forward_backward(mx.nd.ones((2, 4)), np.array(bad))
     # a shard beyond one MXNet array (2**31 - 1 elements in these builds): said before allocating anything
-    with pytest.raises(ValueError, match="shards of 2,147,483,648 elements.*use at least 2 ranks"):
+    with pytest.raises(ValueError, match="4194304 classes of dimension 512 on 1 rank.*use at least 2 ranks"):
         PartialFC(4_194_304, 512)
+    wide = PartialFC(2 ** 21, 1)  # 2M classes, D 1: rate 1 with a batch of 1024 makes 2**31 logits
+    with pytest.raises(ValueError, match=r"logits \(N × S = 1,024 × 2,097,152 elements\).*lower the sample rate"):
+        wide.forward_backward(mx.nd.ones((1024, 1)), np.zeros(1024, np.int64))
     with mx.util.np_shape(True):
         empty = mx.nd.zeros((0, 4))
     with pytest.raises(ValueError, match="empty batch"):

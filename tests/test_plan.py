@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pfc_mx import shard
 from pfc_mx.errors import ConfigError
 from pfc_mx.plan import BACKBONES, MiB, GiB, RunSpec, fits, make_plan
 from tools._cli import run_cli
@@ -50,6 +51,18 @@ def test_output_states_the_calibrated_assumptions(capsys):
     for text in ("backbone activations (arcface_torch calibration)", "framework overhead (arcface_torch",
                  "calibrated on: arcface_torch README", "Verdict: **fits**", "| **total** |"):
         assert text in out, text
+
+
+def test_a_shard_beyond_one_mxnet_array_is_named_with_the_gpus_it_needs(capsys):
+    # 4,194,303 classes × 512 fit in one array of the released wheels (2**31 - 2 elements), one more does not
+    assert shard.min_world(4_194_303, 512) == 1 and shard.min_world(4_194_304, 512) == 2
+    assert shard.min_world(10_000_000, 512) == 3 and shard.min_world(29_000_000, 512) == 7
+    assert main("--classes 29000000 --gpus 8 --batch 128".split()) == 0
+    assert "too few GPUs" not in capsys.readouterr().out
+    assert main("--classes 29000000 --gpus 4 --batch 128".split()) == 0
+    assert "PartialFC refuses it: use at least 7 GPUs" in capsys.readouterr().out
+    assert main("--classes 29000000 --gpus 8 --batch 128 --sample-rate 1.0".split()) == 0
+    assert "N × S = 3,712,000,000 elements" in capsys.readouterr().out  # 1,024 × 3,625,000
 
 
 def test_largest_shard_takes_the_remainder_of_classes_not_divisible_by_world():
