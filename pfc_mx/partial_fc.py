@@ -104,13 +104,12 @@ def _class_ids(y: np.ndarray, num_classes: int) -> Tuple[np.ndarray, Tuple[int, 
     return y.astype(np.int64), (0, 0, 0.0)
 
 
-def _fits_one_array(elements: int) -> bool:
-    """Whether this MXNet build can allocate one array of that many elements.
+def _large_arrays() -> bool:
+    """Whether this MXNet build allocates arrays beyond MAX_ARRAY_ELEMENTS (USE_INT64_TENSOR_SIZE).
 
-    The mxnet wheels are built without USE_INT64_TENSOR_SIZE: at most MAX_ARRAY_ELEMENTS,
-    so at D = 512 a rank holds at most 4,194,303 classes.
+    The released mxnet wheels do not: at D = 512 a rank then holds at most 4,194,303 classes.
     """
-    return elements <= MAX_ARRAY_ELEMENTS or mx.runtime.Features().is_enabled("INT64_TENSOR_SIZE")
+    return mx.runtime.Features().is_enabled("INT64_TENSOR_SIZE")
 
 
 def _float_bits(values: Sequence[float]) -> list:
@@ -165,11 +164,11 @@ class PartialFC:
         self.store_ctx = mx.cpu() if centers_on == "host" else self.ctx
         self.fused = self._use_fused(kernels)
         self.class_start, self.num_local = shard_range(self.num_classes, self.world, self.rank)
-        if not _fits_one_array(shard_range(self.num_classes, self.world, 0)[1] * self.embedding_size):
+        need = min_world(self.num_classes, self.embedding_size)  # the rule tools/plan.py applies too
+        if self.world < need and not _large_arrays():
             raise ValueError(f"{self.num_classes} classes of dimension {self.embedding_size} on {self.world} rank(s) "
                              f"make shards beyond the {MAX_ARRAY_ELEMENTS:,} elements of one MXNet array in this build "
-                             f"(without USE_INT64_TENSOR_SIZE); use at least "
-                             f"{min_world(self.num_classes, self.embedding_size)} ranks")
+                             f"(without USE_INT64_TENSOR_SIZE); use at least {need} ranks")
         self.weight = _zeros((self.num_local, self.embedding_size), self.store_ctx)
         self.momentum = _zeros((self.num_local, self.embedding_size), self.store_ctx)
         for lo, hi, rows in init_center_rows(self.class_start, self.num_local, self.embedding_size, self.seed):
@@ -370,7 +369,7 @@ class PartialFC:
         """Buffers of one step, reused while (N, S) stay the same (see the module docstring)."""
         key = (n, s)
         if self._ws.get("key") != key:
-            if not _fits_one_array(n * s):
+            if n * s > MAX_ARRAY_ELEMENTS and not _large_arrays():
                 raise ValueError(f"the step's logits (N × S = {n:,} × {s:,} elements) are beyond the "
                                  f"{MAX_ARRAY_ELEMENTS:,} of one MXNet array in this build (without "
                                  "USE_INT64_TENSOR_SIZE); lower the sample rate or the global batch, or use more ranks")
