@@ -21,3 +21,13 @@ def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
         cpu, python, bound = float(c[13]), float(c[14]), float(c[15])  # CPU ms of the step: process, Python
         assert 0 < python <= cpu and bound > 0
         assert int(c[16]) >= 1  # timed steps: --steps, or more while they fit in --seconds
+
+
+def test_bad_arguments_are_one_line_errors_before_any_run(capsys):
+    from tools._cli import run_cli
+
+    for argv, message in [(["--rates", "2"], "--rates must be in (0, 1], got [2.0]"),
+                          (["--classes", "0"], "--classes must be positive integers, got [0]"),
+                          (["--batch", "6", "--worlds", "4"], "--batch 6 must be divisible")]:
+        assert run_cli(bench_pfc.main, argv) == 2
+        assert message in capsys.readouterr().err

@@ -234,6 +234,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker:
         worker(args)
         return 0
+    for name, values in (("classes", args.classes), ("worlds", args.worlds), ("dim", [args.dim]),
+                         ("batch", [args.batch]), ("steps", [args.steps])):
+        if not values or min(values) < 1:
+            raise ConfigError(f"--{name} must be positive integers, got {values}")
+    if not args.rates or not all(0 < r <= 1 for r in args.rates):
+        raise ConfigError(f"--rates must be in (0, 1], got {args.rates}")
     if any(args.batch % w for w in args.worlds):
         raise ConfigError(f"--batch {args.batch} must be divisible by every world size {args.worlds}")
     command = "python tools/bench_pfc.py " + " ".join(argv if argv is not None else sys.argv[1:])
