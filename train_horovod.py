@@ -10,7 +10,6 @@ saving a checkpoint (rerun to resume); 69 another rank died or froze (docs/relia
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import List, Optional
 
@@ -22,7 +21,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="override config values, e.g. --set optim.lr=0.2 data.batch_size=64")
     args = parser.parse_args(argv)
 
-    from pfc_mx import dist
+    from pfc_mx import dist, strict_json
     from pfc_mx.config import load_config
     from pfc_mx.train import train
     from pfc_mx.train.faults import EXIT_PREEMPTED
@@ -30,7 +29,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = load_config(args.config, args.set)
     summary = train(cfg)
     if dist.rank() == 0:
-        print("summary: " + json.dumps(summary, sort_keys=True))
+        print("summary: " + strict_json.dumps(summary, sort_keys=True))
     return EXIT_PREEMPTED if summary["preempted"] else 0
 
 

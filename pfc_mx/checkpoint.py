@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from pfc_mx import dist
+from pfc_mx import dist, strict_json
 from pfc_mx.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def save(root: Path, step: int, state: Dict[str, Any], net: Any, trainer: Any,
         for _, s in results:
             files.update(s)
         try:
-            write_atomic(tmp / "state.json", json.dumps({**state, "files": files}, indent=1, sort_keys=True))
+            write_atomic(tmp / "state.json", strict_json.dumps({**state, "files": files}, indent=1, sort_keys=True))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -109,6 +109,7 @@ class OutputConfig:
     checkpoint_every: int = 2000  # steps
     keep: int = 3  # newest complete checkpoints kept
     resume: str = "auto"  # "auto", "none", or a checkpoint directory
+    allow_changes: bool = False  # resume even when the config changes the run (data, model, loss, schedule)
     log_every: int = 50  # steps
     tensorboard: bool = True
 

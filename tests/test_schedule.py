@@ -36,3 +36,16 @@ def test_tiny_runs_with_warmup_longer_than_the_run_stay_finite(total):
 def test_reference_batch_scales_lr_linearly():
     assert scaled_base_lr(OptimConfig(lr=0.1, reference_batch=1024), 256) == pytest.approx(0.025)
     assert scaled_base_lr(OptimConfig(lr=0.1), 256) == 0.1
+
+
+def test_schedule_by_images_is_the_step_schedule_of_the_first_global_batch_at_any_batch():
+    from pfc_mx.train.progress import Frame
+    from pfc_mx.train.schedule import schedule_by_images
+    optim = OptimConfig(power=2.0, epochs=5)
+    frame = Frame(num_images=80, epochs=5, base_batch=8)  # 10 steps an epoch, 50 in all
+    lr = schedule_by_images(optim, 0.1, frame)
+    by_step = make_schedule(optim, 0.1, steps_per_epoch=10, total_steps=50)
+    assert [lr(8 * k) for k in range(50)] == [by_step(k) for k in range(50)]  # bit for bit at the unit
+    halves = np.arange(0, 392, 4)  # a global batch of 4 (half the unit): the closed form between the steps
+    np.testing.assert_allclose([lr(int(n)) for n in halves], 0.1 * (1 - halves / 8 / 49) ** 2, rtol=1e-12)
+    assert lr(8 * 60) == 0.0  # past the end: the schedule's last value

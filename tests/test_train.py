@@ -78,10 +78,13 @@ def test_run_saved_on_two_ranks_resumes_on_other_world_sizes(data, tmp_path, wor
         got = np.load(tmp_path / f"rank{r}.npz")
         np.testing.assert_array_equal(got["weight"], saved[got["start"]:got["start"] + len(got["weight"])])
     assert sum(len(np.load(tmp_path / f"rank{r}.npz")["weight"]) for r in range(world)) == len(saved)
-    # and training goes on from step 4 on this world size
-    proc = launch(TRAIN + overrides(data, out), np_=world, timeout=300)
-    assert "resumed from" in proc.stdout and "step 5/6" in proc.stdout
-    assert checkpoint.verify(out / "checkpoints" / "step-00000006")["world_size"] == world
+    # and training goes on from step 4 on this world size (a longer run: a change allowed explicitly)
+    proc = launch(TRAIN + overrides(data, out, "output.allow_changes=true"), np_=world, timeout=300)
+    # max_steps counts steps of the run's first global batch (2 x 8): 6 x 16 = 96 images, 64 of them done
+    last = 4 + (96 - 64) // (8 * world)
+    assert "resumed from" in proc.stdout and f"step 5/{last}" in proc.stdout
+    state = checkpoint.verify(out / "checkpoints" / f"step-{last:08d}")
+    assert state["world_size"] == world and state["images"] == 64 + (last - 4) * 8 * world
 
 
 def running(pid: int) -> bool:

@@ -166,19 +166,23 @@ class RecordLoader:
             p.start()
             self._workers.append(p)
 
-    def epoch(self, epoch: int, start_step: int = 0,
-              met: Iterable[int] = ()) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    def epoch(self, epoch: int, start_step: int = 0, met: Iterable[int] = (),
+              offset: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Iterator over the batches of `epoch` from `start_step` on; a new call supersedes an older iterator.
 
+        offset: images of the epoch's order trained before this iterator (a resume, perhaps on
+        another number of ranks): its batches start there (ShardedSampler.indices).
         met: corrupt records (image indices) met earlier in this epoch, before a resume; those in
         this rank's epoch shard count toward the epoch's max_corrupt_fraction again.
         """
-        plan = self.sampler.indices(epoch, start_step)
-        shard = self.sampler.indices(epoch).ravel()
+        plan = self.sampler.indices(epoch, start_step, offset)
+        # the rank's share of the whole epoch, cut at the same global-batch boundaries as `plan`
+        first, rest = divmod(offset, self.sampler.global_batch)
+        shard = self.sampler.indices(epoch, offset=rest).ravel()
         self._generation += 1
         met = np.fromiter(met, dtype=np.int64)
         self._epoch_corrupt = set(np.intersect1d(met, shard).tolist())
-        return self._iterate(self._generation, epoch, start_step, plan, shard)
+        return self._iterate(self._generation, epoch, first + start_step, plan, shard)
 
     @property
     def epoch_corrupt(self) -> List[int]:

@@ -6,11 +6,15 @@ Usage::
     for step, batch in enumerate(s.indices(epoch)):   # (batches_per_epoch, 128) image indices
         ...
     s.indices(epoch, start_step=k)                     # the same rows from step k on (resume)
+    s.indices(epoch, offset=n)                         # the epoch's order from its n-th image on
 
-Each epoch draws one permutation of all samples from (seed, epoch); its first
-batches_per_epoch · W · B entries are cut into global batches of W · B, and rank r takes
-the r-th block of B of every global batch. Ranks therefore see disjoint samples and the
-same number of batches; the remainder (< W · B samples) is dropped and changes with the epoch.
+Each epoch draws one permutation of all samples from (seed, epoch), the same for any
+number of ranks. From `offset` (images of that order already trained, 0 at the start of
+an epoch) on, it is cut into global batches of W · B, and rank r takes the r-th block of B
+of every global batch. Ranks therefore see disjoint samples and the same number of
+batches; the remainder (< W · B samples) is dropped and changes with the epoch. A run
+resumed on another number of ranks continues the interrupted epoch's order at the image
+where it stopped (elastic resume, docs/training.md).
 """
 from __future__ import annotations
 
@@ -28,17 +32,31 @@ class ShardedSampler:
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
 
     @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
     def batches_per_epoch(self) -> int:
-        return self.num_samples // (self.batch_size * self.world_size)
+        return self.num_samples // self.global_batch
+
+    def batches_from(self, offset: int) -> int:
+        """Global batches left in an epoch once `offset` of its images were trained."""
+        return max(self.num_samples - int(offset), 0) // self.global_batch
 
     def permutation(self, epoch: int) -> np.ndarray:
         """(num_samples,) int64: the epoch's global order, identical on every rank."""
         return np.random.default_rng([self.seed, int(epoch)]).permutation(self.num_samples)
 
-    def indices(self, epoch: int, start_step: int = 0) -> np.ndarray:
-        """(batches_per_epoch − start_step, batch_size) int64 image indices of this rank."""
-        steps, b, w = self.batches_per_epoch, self.batch_size, self.world_size
+    def indices(self, epoch: int, start_step: int = 0, offset: int = 0) -> np.ndarray:
+        """(batches_from(offset) − start_step, batch_size) int64 image indices of this rank.
+
+        offset: images of the epoch's order trained before (any count, e.g. by another world
+        size); start_step: global batches of this sampler to skip after it.
+        """
+        if not 0 <= offset <= self.num_samples:
+            raise ValueError(f"offset {offset} outside [0, {self.num_samples}]")
+        steps, b, w = self.batches_from(offset), self.batch_size, self.world_size
         if not 0 <= start_step <= steps:
             raise ValueError(f"start_step {start_step} outside [0, {steps}]")
-        used = self.permutation(epoch)[:steps * w * b].reshape(steps, w, b)
+        used = self.permutation(epoch)[offset:offset + steps * w * b].reshape(steps, w, b)
         return np.ascontiguousarray(used[start_step:, self.rank])

@@ -40,6 +40,7 @@ EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after saving; r
 EXIT_RANK_LOST = 69  # sysexits EX_UNAVAILABLE: another rank died or stopped answering
 STOP_FLAG = "pfc_mx.stop_flag"
 INJECT_NONFINITE = "PFC_MX_INJECT_NONFINITE"
+INJECT_STOP = "PFC_MX_INJECT_STOP"
 _exit = os._exit  # replaced in unit tests
 
 
@@ -319,3 +320,12 @@ def injected_nonfinite(spec: Optional[str] = None) -> Dict[int, str]:
             raise errors.ConfigError(f"{INJECT_NONFINITE}={spec!r}: expected steps like 3,5:grad")
         faults[int(step)] = kind or "loss"
     return faults
+
+
+def injected_stop() -> int:
+    """Test hook: PFC_MX_INJECT_STOP=<step> stops the run at that step boundary (after <step> steps)
+    exactly as a stop signal would there: a checkpoint, then exit EXIT_PREEMPTED. 0: no stop."""
+    spec = os.environ.get(INJECT_STOP, "").strip()
+    if spec and not spec.isdigit():
+        raise errors.ConfigError(f"{INJECT_STOP}={spec!r}: expected a step number")
+    return int(spec or 0)

@@ -27,33 +27,45 @@ from pfc_mx.config import Config, check_data_paths, save_config
 from pfc_mx.data import RecordDataset, RecordLoader
 from pfc_mx.errors import ConfigError, TrainingError, first_line
 from pfc_mx.partial_fc import PartialFC
+from pfc_mx.strict_json import finite_or_none
 from pfc_mx.train import faults
+from pfc_mx.train.progress import Frame, Position, position_from_state
 from pfc_mx.train.reporting import Reporter, setup_logging
-from pfc_mx.train.schedule import make_schedule, scaled_base_lr
+from pfc_mx.train.resume import resume
+from pfc_mx.train.run_lock import RunLock
+from pfc_mx.train.schedule import scaled_base_lr, schedule_by_images
 from pfc_mx.train.verification import VerificationTargets
-from symbols.legacy import load_backbone, save_backbone
+from symbols.legacy import save_backbone
 
 log = logging.getLogger("pfc_mx.train")
 
 Batch = Tuple[np.ndarray, np.ndarray]
 
 
-def prepare_output(cfg: Config) -> Path:
-    """Create the output folder (rank 0) and check every rank can see and write it."""
+def prepare_output(cfg: Config) -> Tuple[Path, Optional[RunLock]]:
+    """Create the output folder and take its run lock (rank 0); check every rank can see and write it.
+
+    Returns (folder, the lock on rank 0 / None elsewhere). ConfigError on every rank when the
+    folder is not writable or another live job holds it (pfc_mx.train.run_lock).
+    """
     out = Path(cfg.output.dir)
     error = ""
+    lock: Optional[RunLock] = None
     if dist.rank() == 0:
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe = out / ".write-test"
             probe.write_text("ok")
             probe.unlink()
+            lock = RunLock(out).acquire()
         except OSError as e:
             error = f"output.dir {out} is not writable: {e.strerror or e}"
+        except ConfigError as e:
+            error = str(e)
     error = dist.broadcast_object(error, root=0)
     if error:
         raise ConfigError(error)
-    return out
+    return out, lock
 
 
 def build_backbone(cfg: Config, ctx: mx.Context) -> gluon.HybridBlock:
@@ -114,8 +126,10 @@ def train(cfg: Config) -> Dict[str, Any]:
     """
     dist.init()
     check_data_paths(cfg)
-    out = prepare_output(cfg)
+    out, lock = prepare_output(cfg)
     setup_logging(out)
+    if lock is not None and lock.took_over:
+        log.warning(lock.took_over)
     monitor = faults.RankMonitor(out / "logs" / "heartbeat")
     run: Optional[Run] = None
     preempted = False
@@ -136,13 +150,15 @@ def train(cfg: Config) -> Dict[str, Any]:
             monitor.stop()
             if run is not None:
                 run.close(plot=not preempted)  # preempted: a launcher's grace period is short, the resume plots
+            if lock is not None:
+                lock.release()
     if preempted:
         log.info("rank %d stops after the preemption checkpoint (exit code %d)", dist.rank(), faults.EXIT_PREEMPTED)
     return summary
 
 
 class Run:
-    """One rank's training run: model, optimizer, data, and where the run stands."""
+    """One rank's training run: model, optimizer, data, and where the run stands (a Position)."""
 
     def __init__(self, cfg: Config, out: Path) -> None:
         self.cfg, self.out = cfg, out
@@ -159,20 +175,15 @@ class Run:
                                    num_workers=cfg.data.num_workers, mirror=cfg.data.mirror,
                                    color_jitter=cfg.data.color_jitter,
                                    max_corrupt_fraction=cfg.data.max_corrupt_fraction)
-        self.steps_per_epoch = self.loader.batches_per_epoch
-        if self.steps_per_epoch == 0:
+        self.global_batch = self.loader.sampler.global_batch
+        if self.loader.batches_per_epoch == 0:
             raise ConfigError(f"{dataset.num_images} images are too few for {world} ranks × batch "
                               f"{cfg.data.batch_size}")
-        self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * self.steps_per_epoch
-        global_batch = cfg.data.batch_size * world
-        base_lr = scaled_base_lr(cfg.optim, global_batch)
-        self.schedule = make_schedule(cfg.optim, base_lr, self.steps_per_epoch, self.total_steps)
-
         self.net = build_backbone(cfg, ctx)
         self.net(mx.nd.zeros((cfg.data.batch_size, 3, 112, 112), ctx=ctx))  # materialise shapes
         self.params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
         self.trainer = gluon.Trainer(self.net.collect_params(), "sgd",
-                                     {"learning_rate": base_lr, "momentum": cfg.optim.momentum,
+                                     {"learning_rate": 0.0, "momentum": cfg.optim.momentum,
                                       "wd": cfg.optim.weight_decay, "multi_precision": cfg.model.fp16,
                                       "lazy_update": False},
                                      kvstore=None)
@@ -182,68 +193,93 @@ class Run:
                              ctx=ctx, seed=cfg.seed, centers_on=cfg.partial_fc.centers_on,
                              kernels=cfg.partial_fc.kernels)
 
-        self.start_step, state, self.last_ckpt = resume(cfg, out, self.net, self.trainer, self.pfc,
-                                                        self.num_classes)
-        self.saved_step = self.start_step  # the step of the newest checkpoint (0: nothing to save yet)
+        state, self.last_ckpt = resume(cfg, out, self.net, self.trainer, self.pfc, self.num_classes)
+        # the run's unit: the global batch of its first start (pfc_mx.train.progress)
+        base_batch = int(state.get("base_batch") or int(state.get("world_size", world)) * cfg.data.batch_size)
+        self.base_lr = scaled_base_lr(cfg.optim, base_batch)
+        self.frame = Frame(dataset.num_images, cfg.optim.epochs, base_batch, cfg.optim.max_steps * base_batch)
+        self.schedule = schedule_by_images(cfg.optim, self.base_lr, self.frame)
+        saved = position_from_state(state, cfg.data.batch_size, dataset.num_images)
+        self.start = self.frame.start(saved, self.global_batch)
+        self.saved_step = saved.step  # the step of the newest checkpoint (0: nothing to save yet)
+        self.total_steps = self.start.step + self.frame.steps_left(self.start, self.global_batch)
         self.nonfinite_steps: List[int] = [int(s) for s in state.get("nonfinite_steps", [])]
         # corrupt records met before the checkpoint: the run's count, and the current epoch's budget
         self.loader.corrupt.update(int(i) for i in state.get("corrupt_records", []))
-        epoch, in_epoch = divmod(self.start_step, self.steps_per_epoch)
-        same_epoch = in_epoch > 0 and state.get("epoch") == epoch and state.get("world_size") == world
-        self.resumed_corrupt = [int(i) for i in state.get("corrupt_in_epoch", [])] if same_epoch else []
-        self.inject = faults.injected_nonfinite()
+        self.resumed_corrupt = [int(i) for i in state.get("corrupt_in_epoch", [])] if self.start.offset else []
+        self.inject, self.stop_at = faults.injected_nonfinite(), faults.injected_stop()
         self.loss = float("nan")
+        self.lr = float(state.get("lr", 0.0))
         dist.broadcast_parameters(self.net.collect_params(), root=0)
         log.info("training %s on %d rank(s) (%s): %d classes, %d images, global batch %d, %d steps/epoch, "
                  "%d steps, lr %.4g, sample rate %.3g", cfg.model.name, world, ctx, self.num_classes,
-                 dataset.num_images, global_batch, self.steps_per_epoch, self.total_steps, base_lr,
-                 cfg.partial_fc.sample_rate)
+                 dataset.num_images, self.global_batch, self.loader.batches_per_epoch, self.total_steps,
+                 self.base_lr, cfg.partial_fc.sample_rate)
+        if self.last_ckpt is not None:
+            self._log_resume(state)
         self.targets = VerificationTargets.find(Path(cfg.data.rec), cfg.eval.targets)
-        self.reporter = Reporter(out, self.total_steps, global_batch, self.start_step,
+        self.reporter = Reporter(out, self.total_steps, self.global_batch, self.start.step,
                                  tensorboard=cfg.output.tensorboard)
+
+    def _log_resume(self, state: Dict[str, Any]) -> None:
+        saved_world, pos = state.get("world_size"), self.start
+        change = ""
+        if self.frame.base_batch != self.global_batch or saved_world != dist.size():
+            change = (f"; saved on {saved_world} rank(s), now {dist.size()}: global batch {self.global_batch} "
+                      f"(the run's unit is {self.frame.base_batch} images a step)")
+        log.info("resumed from %s at step %d (%d images seen, epoch %d, image %d of its order)%s; "
+                 "%d steps left, lr %.5g", self.last_ckpt, int(state["step"]), pos.images, pos.epoch, pos.offset,
+                 change, self.total_steps - pos.step, self.schedule(pos.images))
 
     # ------------------------------------------------------------------ the loop
     def execute(self, signals: faults.StopSignals) -> Dict[str, Any]:
         """Train to the end, or to the step boundary where a stop signal was agreed on."""
         batches: Optional[Iterator[Batch]] = None
-        for step in range(self.start_step, self.total_steps):
-            epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        pos = self.start
+        while not self.frame.finished(pos, self.global_batch):
             error: Optional[BaseException] = None
             try:
-                if batches is None or in_epoch == 0:
-                    met = self.resumed_corrupt if step == self.start_step else []
-                    batches = self.loader.epoch(epoch, start_step=in_epoch, met=met)
+                if batches is None:
+                    met = self.resumed_corrupt if pos == self.start else []
+                    batches = self.loader.epoch(pos.epoch, met=met, offset=pos.offset)
                 images, labels = next(batches)
             except Exception as e:  # raised below on every rank, so no rank waits in a collective
                 error = e
-            signalled, failed = faults.agree(signals.received is not None, error is not None)
+            received = signals.received or (f"{faults.INJECT_STOP}={self.stop_at}" if self.stop_at == pos.step > 0
+                                            else None)
+            signalled, failed = faults.agree(received is not None, error is not None)
             if failed:
                 faults.raise_if_any(error)
             if signalled:
-                return self.preempt(step, signalled, signals.received)
-            self.run_step(step, epoch, images, labels)
-        accuracies = self.targets.evaluate(self.net, self.ctx, self.cfg.eval, self.reporter, self.total_steps)
-        return self.summary(self.total_steps, verification=accuracies)
+                return self.preempt(pos, signalled, received)
+            after = self.frame.advance(pos, self.global_batch)
+            self.run_step(pos, after, images, labels)
+            if after.epoch != pos.epoch:
+                batches = None
+            pos = after
+        accuracies = self.targets.evaluate(self.net, self.ctx, self.cfg.eval, self.reporter, pos.step)
+        return self.summary(pos, verification=accuracies)
 
-    def run_step(self, step: int, epoch: int, images: np.ndarray, labels: np.ndarray) -> None:
-        """Train step `step` (0-based), then report, evaluate and save as the config says."""
-        cfg, done = self.cfg, step + 1
-        lr = self.schedule(step)
-        loss, fault = self.train_step(step, images, labels, lr)
+    def run_step(self, pos: Position, after: Position, images: np.ndarray, labels: np.ndarray) -> None:
+        """Train the step from pos to after, then report, evaluate and save as the config says."""
+        cfg, done = self.cfg, after.step
+        last = self.frame.finished(after, self.global_batch)
+        self.lr = lr = self.schedule(pos.images)
+        loss, fault = self.train_step(pos.step, images, labels, lr)
         if fault:
-            self.skip_or_stop(done, epoch, fault, loss)
+            self.skip_or_stop(done, pos.epoch, fault, loss)
         else:
             self.loss = loss
-            if done % cfg.output.log_every == 0 or done == self.total_steps:
-                self.reporter.step(done, epoch, loss, lr)
-        evaluate_now = bool(cfg.eval.every) and done % cfg.eval.every == 0 and done != self.total_steps
-        save_now = done % cfg.output.checkpoint_every == 0 or done == self.total_steps
+            if done % cfg.output.log_every == 0 or last:  # a reporting setting: steps of this process
+                self.reporter.step(done, pos.epoch, loss, lr, after.images)
+        evaluate_now = self.frame.crossed(pos, after, cfg.eval.every) and not last
+        save_now = self.frame.crossed(pos, after, cfg.output.checkpoint_every) or last
         if evaluate_now or save_now:
             average_running_stats(self.net)
         if evaluate_now:
             self.targets.evaluate(self.net, self.ctx, cfg.eval, self.reporter, done)
         if save_now:
-            self.save(done, lr)
+            self.save(after)
 
     def train_step(self, step: int, images: np.ndarray, labels: np.ndarray, lr: float) -> Tuple[float, str]:
         """One synchronous step on this rank: (global mean loss, fault).
@@ -301,43 +337,45 @@ class Run:
         return (sorted(set().union(*(run for run, _ in gathered))),
                 sorted(set().union(*(now for _, now in gathered))))
 
-    def save(self, done: int, lr: float) -> None:
-        """Collective: checkpoint the state after `done` steps."""
+    def save(self, pos: Position) -> None:
+        """Collective: checkpoint the state at pos (after pos.step steps)."""
         corrupt, in_epoch = self.corrupt_images()
-        state = {"step": done, "epoch": done // self.steps_per_epoch, "step_in_epoch": done % self.steps_per_epoch,
-                 "lr": lr, "seed": self.cfg.seed, "world_size": dist.size(), "num_classes": self.num_classes,
+        state = {**pos.to_state(), "step_in_epoch": pos.offset // self.global_batch, "lr": self.lr,
+                 "global_batch": self.global_batch, "base_batch": self.frame.base_batch,
+                 "seed": self.cfg.seed, "world_size": dist.size(), "num_classes": self.num_classes,
                  "embedding_size": self.cfg.model.embedding_size, "model": self.cfg.model.name,
                  "sample_rate": self.cfg.partial_fc.sample_rate, "config_hash": self.cfg.digest(),
-                 "loss": self.loss, "corrupt_images": len(corrupt), "corrupt_records": corrupt,
-                 "corrupt_in_epoch": in_epoch if done % self.steps_per_epoch else [],
-                 "nonfinite_steps": self.nonfinite_steps}
-        self.last_ckpt = checkpoint.save(self.out / "checkpoints", done, state, self.net, self.trainer,
+                 "config": self.cfg.to_dict(), "loss": finite_or_none(self.loss),
+                 "corrupt_images": len(corrupt), "corrupt_records": corrupt,
+                 "corrupt_in_epoch": in_epoch if pos.offset else [], "nonfinite_steps": self.nonfinite_steps}
+        self.last_ckpt = checkpoint.save(self.out / "checkpoints", pos.step, state, self.net, self.trainer,
                                          self.pfc.get_shard(), self.cfg.output.keep, save_backbone)
-        self.saved_step = done
+        self.saved_step = pos.step
         log.info("saved checkpoint %s", self.last_ckpt)
 
-    def preempt(self, step: int, signalled: List[int], received: Optional[str]) -> Dict[str, Any]:
-        """Collective: save the state after `step` steps (unless a checkpoint holds it) and report."""
+    def preempt(self, pos: Position, signalled: List[int], received: Optional[str]) -> Dict[str, Any]:
+        """Collective: save the state at pos (unless a checkpoint holds it) and report."""
         if received:
             log.warning("rank %d received %s", dist.rank(), received)
-        if step > self.saved_step:
+        if pos.step > self.saved_step:
             average_running_stats(self.net)
-            self.save(step, self.schedule(step - 1))
+            self.save(pos)
         where = f"checkpoint {self.last_ckpt}" if self.last_ckpt else "no checkpoint (no step was done)"
         log.warning("preempted after step %d: a stop signal reached rank(s) %s; %s holds step %d; exit code %d, "
-                    "rerun with output.resume=auto to continue", step, ", ".join(map(str, signalled)), where,
+                    "rerun with output.resume=auto to continue", pos.step, ", ".join(map(str, signalled)), where,
                     self.saved_step, faults.EXIT_PREEMPTED)
-        return self.summary(step, preempted=True, signal=received or "")
+        return self.summary(pos, preempted=True, signal=received or "")
 
     # ------------------------------------------------------------ the end
-    def summary(self, steps: int, **extra: Any) -> Dict[str, Any]:
-        """Collective: what the run did, the same on every rank."""
+    def summary(self, pos: Position, **extra: Any) -> Dict[str, Any]:
+        """Collective: what the run did, the same on every rank (strict JSON: no NaN)."""
         corrupt, _ = self.corrupt_images()
         if corrupt:
             keys = ", ".join(str(self.loader.dataset.keys[i]) for i in corrupt[:10])
             log.warning("skipped %d corrupt image(s) of %s (records %s%s)", len(corrupt), self.loader.dataset.path,
                         keys, ", ..." if len(corrupt) > 10 else "")
-        summary = {"steps": steps, "final_loss": self.loss, "checkpoint": str(self.last_ckpt or ""),
+        summary = {"steps": pos.step, "images": pos.images, "epochs": pos.epoch + pos.offset / self.frame.num_images,
+                   "final_loss": finite_or_none(self.loss), "checkpoint": str(self.last_ckpt or ""),
                    "verification": {}, "best": self.targets.best, "output": str(self.out),
                    "corrupt_images": len(corrupt), "nonfinite_steps": list(self.nonfinite_steps),
                    "preempted": False}
@@ -348,84 +386,3 @@ class Run:
         """Stop the loader; close the reporter, drawing curves.png on rank 0 when plot."""
         self.loader.close()
         self.reporter.close(self.out / "curves.png" if plot and dist.rank() == 0 else None)
-
-
-def resume(cfg: Config, out: Path, net: gluon.HybridBlock, trainer: gluon.Trainer, pfc: PartialFC,
-           num_classes: int) -> Tuple[int, Dict[str, Any], Optional[Path]]:
-    """Load the checkpoint output.resume names: (step to continue from, its state, its folder).
-
-    (0, {}, None) for a fresh start. Rank 0 chooses and verifies the checkpoint (see
-    _choose_checkpoint); every rank then loads its part. An error on any rank stops every rank.
-    """
-    choice: Tuple[str, Dict[str, Any]] = ("", {})
-    error: Optional[BaseException] = None
-    if dist.rank() == 0:
-        try:
-            choice = _choose_checkpoint(cfg, out / "checkpoints", num_classes)
-        except Exception as e:  # raised on every rank below
-            error = e
-    faults.raise_if_any(error)
-    path, state = dist.broadcast_object(choice, root=0)
-    if not path:
-        return 0, {}, None
-    folder = Path(path)
-    try:
-        _load(folder, cfg, net, trainer, pfc)
-    except Exception as e:
-        error = e
-    faults.raise_if_any(error)
-    step = int(state["step"])
-    pfc.set_step(step)
-    if state.get("world_size") != dist.size():
-        log.info("elastic resume: checkpoint saved on %s rank(s), continuing on %d", state.get("world_size"),
-                 dist.size())
-    log.info("resumed from %s at step %d", folder, step)
-    return step, state, folder
-
-
-def _choose_checkpoint(cfg: Config, root: Path, num_classes: int) -> Tuple[str, Dict[str, Any]]:
-    """Rank 0's part of resume: (folder, its verified state), or ('', {}) for a fresh start.
-
-    `auto` removes folders of interrupted saves and takes the newest checkpoint that verifies,
-    saying which newer ones it skipped and why; `none` starts fresh; anything else is a folder.
-    Step folders newer than the chosen step (damaged ones, or a later history) are moved into
-    checkpoints/set-aside/, so that `auto` never picks them later and pruning never counts them.
-    """
-    folder: Optional[Path] = None
-    state: Dict[str, Any] = {}
-    if cfg.output.resume == "auto":
-        checkpoint.remove_incomplete(root)
-        found = checkpoint.find_resumable(root)
-        if found is not None:
-            folder, state = found.path, found.state
-            if found.skipped:
-                log.warning("falling back to %s: newer checkpoint(s) %s did not verify", found.path.name,
-                            ", ".join(p.name for p, _ in found.skipped))
-        elif checkpoint.step_folders(root):
-            log.warning("no checkpoint in %s verifies: starting from step 0", root)
-    elif cfg.output.resume != "none":
-        folder = Path(cfg.output.resume)
-        state = checkpoint.verify(folder)
-    if folder is not None:
-        for key, have in (("num_classes", num_classes), ("embedding_size", cfg.model.embedding_size),
-                          ("model", cfg.model.name)):
-            if state.get(key) != have:
-                raise ConfigError(f"cannot resume from {folder}: it has {key} = {state.get(key)!r}, "
-                                  f"the config has {have!r}")
-    if checkpoint.set_aside_newer(root, int(state.get("step", 0))):
-        remaining = checkpoint.step_folders(root)
-        checkpoint.point_latest(root, remaining[-1][1] if remaining else None)
-    return (str(folder) if folder else "", state)
-
-
-def _load(folder: Path, cfg: Config, net: gluon.HybridBlock, trainer: gluon.Trainer, pfc: PartialFC) -> None:
-    """This rank's part of resume: backbone, backbone optimizer state and its center rows from folder."""
-    loaded = load_backbone(str(folder / checkpoint.BACKBONE_PREFIX), cfg.model.name,
-                           embedding_size=cfg.model.embedding_size, dropout=cfg.model.dropout,
-                           bn_mom=cfg.model.bn_mom, bn_eps=cfg.model.bn_eps)
-    # both nets come from get_model with the same options: their parameters line up in order
-    for p, q in zip(net.collect_params().values(), loaded.collect_params().values()):
-        p.set_data(q.data())
-    checkpoint.load_trainer_states(folder, trainer)
-    weight, momentum = checkpoint.load_centers(folder, pfc.class_start, pfc.num_local, cfg.model.embedding_size)
-    pfc.set_rows(pfc.class_start, weight, momentum)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from pfc_mx import dist
+from pfc_mx import dist, strict_json
 from pfc_mx.checkpoint import write_atomic
 
 log = logging.getLogger("pfc_mx.train")
@@ -86,12 +86,12 @@ class Reporter:
         metrics, and a checkpoint save stops every rank with a clear error when the disk is full."""
         try:
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(strict_json.dumps(record) + "\n")
         except OSError as e:
             log.warning("could not append to %s: %s (record lost: %s)", self.metrics_path, e, record)
 
-    def step(self, step: int, epoch: int, loss: float, lr: float) -> None:
-        """Report the finished step `step` (1-based count of done steps)."""
+    def step(self, step: int, epoch: int, loss: float, lr: float, images: Optional[int] = None) -> None:
+        """Report the finished step `step` (1-based count of done steps); images: trained so far."""
         if not self.active:
             return
         now = time.time()
@@ -99,7 +99,10 @@ class Reporter:
         rate = (step - self._s0) / max(now - self._t0, 1e-9)
         eta = (self.total_steps - step) / max(rate, 1e-9)
         self._last_t, self._last_step = now, step
-        self._append({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips})
+        record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": ips}
+        if images is not None:
+            record["images"] = images
+        self._append(record)
         if self._writer is not None:
             self._writer.add_scalar("train/loss", loss, step)
             self._writer.add_scalar("train/lr", lr, step)
@@ -159,20 +162,26 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
 
 
 def plot_curves(metrics_path: Path, png: Path) -> None:
-    """Loss (left) and verification accuracy (right) against step, as a PNG."""
+    """Loss and learning rate against images trained (left, middle; against step for records
+    without an image count) and verification accuracy against step (right), as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_path)
     train = [r for r in records if "loss" in r]
+    by_images = bool(train) and all("images" in r for r in train)
+    x = [r["images"] if by_images else r["step"] for r in train]
+    xlabel = "images trained" if by_images else "step"
     evals: Dict[str, List[Dict[str, Any]]] = {}
     for r in records:
         if "eval" in r:
             evals.setdefault(r["eval"], []).append(r)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
-    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+    fig, (ax_loss, ax_lr, ax_acc) = plt.subplots(1, 3, figsize=(15, 4))
+    ax_loss.plot(x, [r["loss"] for r in train])
+    ax_loss.set(xlabel=xlabel, ylabel="loss", title="training loss")
+    ax_lr.plot(x, [r["lr"] for r in train])
+    ax_lr.set(xlabel=xlabel, ylabel="learning rate", title="learning rate")
     for name, rs in evals.items():
         ax_acc.plot([r["step"] for r in rs], [r["accuracy"] for r in rs], marker="o", label=name)
     ax_acc.set(xlabel="step", ylabel="accuracy", title="verification accuracy (10-fold)")

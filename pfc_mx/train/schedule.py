@@ -1,4 +1,8 @@
-"""Learning-rate schedules (GluonCV's LRScheduler): warmup + polynomial decay, or multistep."""
+"""Learning-rate schedules (GluonCV's LRScheduler): warmup + polynomial decay, or multistep.
+
+make_schedule gives lr(step); schedule_by_images gives lr(images trained), the form the
+training loop uses so that a resume on another world size keeps the schedule.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,6 +10,7 @@ from typing import Callable
 from gluoncv.utils import LRScheduler, LRSequential
 
 from pfc_mx.config import OptimConfig
+from pfc_mx.train.progress import Frame
 
 
 def scaled_base_lr(optim: OptimConfig, global_batch: int) -> float:
@@ -39,3 +44,12 @@ def make_schedule(optim: OptimConfig, base_lr: float, steps_per_epoch: int,
                                  step_factor=optim.gamma))
     schedule = LRSequential(parts) if len(parts) > 1 else parts[0]
     return lambda step: float(schedule(step))
+
+
+def schedule_by_images(optim: OptimConfig, base_lr: float, frame: Frame) -> Callable[[int], float]:
+    """lr(images) for a step that starts after `images` trained images: make_schedule in steps of the
+    run's unit frame.base_batch, evaluated at images / base_batch (a fraction between two such steps
+    when the current global batch differs)."""
+    steps_per_epoch = frame.num_images // frame.base_batch
+    by_step = make_schedule(optim, base_lr, steps_per_epoch, optim.max_steps or optim.epochs * steps_per_epoch)
+    return lambda images: by_step(frame.in_base_steps(images))
