@@ -22,12 +22,13 @@ from mxnet.gluon import HybridBlock, nn
 from symbols.common import Backbone, EmbeddingHead, batch_norm
 
 MXNET_DEFAULT_EPS = 1e-3      # mx.sym.BatchNorm's eps when a symbol passes none
-# The GDC conv's BatchNorm runs on (B, 512), not (B, 512, 1, 1). MXNet 1.9.1 (oneDNN) caches its
-# BatchNorm primitives by shape and eps, not by layout, and treats a 2-D (B, C) input as
-# (B, C, 1, 1): after a BatchNorm on a conv's (B, C, 1, 1) output (oneDNN's blocked layout), a
-# BatchNorm on a 2-D (B, C) input with the same eps (fc1 when D = 512) reuses that primitive and
-# the process dies (SIGSEGV in MKLDNNBatchNormForwardImpl). Flattening first gives both the same
-# plain 2-D layout; tests/test_onednn_crash.py reproduces the crash with four plain operators.
+# MXNet 1.9.1 (oneDNN) caches its BatchNorm primitives by shape and eps, not by layout, and runs
+# a 2-D (B, C) input as (B, C, 1, 1): after a BatchNorm on a conv's (B, C, 1, 1) output (oneDNN's
+# blocked layout), a BatchNorm on any 2-D (B, C) input with the same eps reuses that primitive and
+# the process dies (SIGSEGV in MKLDNNBatchNormForwardImpl) -- in MobileFaceNet, the GDC conv's
+# BatchNorm then fc1 (D = 512), or any later model's fc1 in the same process. So no BatchNorm of
+# ours sees either: the GDC output is put in the plain layout first (GDC_FLATTEN), and fc1 runs
+# on (B, D, 1, 1) (NamedBatchNorm's flat_input). tests/test_onednn_crash.py has the reproduction.
 GDC_FLATTEN = True
 
 
@@ -36,16 +37,16 @@ def conv_block(prefix: str, in_channels: int, channels: int, kernel: int, stride
                flatten: bool = False) -> nn.HybridSequential:
     """conv (no bias) → [Flatten] → BatchNorm → PReLU (if act); pad −1 keeps the size at stride 1.
 
-    flatten: for a conv whose output is (B, C, 1, 1), run the BatchNorm on (B, C) (the same
-    arithmetic). See GDC_FLATTEN: a BatchNorm on a (B, C, 1, 1) conv output crashes MXNet 1.9.1's
-    oneDNN BatchNorm when a BatchNorm on a 2-D (B, C) tensor with the same eps runs later.
+    flatten: for a conv whose output is (B, C, 1, 1), flatten it and reshape it back to (B, C, 1, 1)
+    before the BatchNorm (the same arithmetic, in MXNet's plain layout instead of oneDNN's blocked
+    one). See GDC_FLATTEN.
     """
     block = nn.HybridSequential(prefix=prefix)
     with block.name_scope():
         block.add(nn.Conv2D(channels, kernel, strides=stride, padding=(kernel - 1) // 2 if pad < 0 else pad,
                             groups=groups, use_bias=False, in_channels=in_channels, prefix="conv2d_"))
         if flatten:
-            block.add(nn.Flatten(prefix="flatten_"))
+            block.add(nn.HybridLambda(lambda F, x: F.reshape(F.flatten(x), (0, 0, 1, 1)), prefix="plain_"))
         block.add(batch_norm("batchnorm_", channels, bn_mom, bn_eps))
         if act:
             block.add(nn.PReLU(in_channels=channels, prefix="relu_"))
