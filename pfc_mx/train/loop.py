@@ -27,7 +27,7 @@ from pfc_mx.config import Config, check_data_paths, save_config
 from pfc_mx.data import RecordDataset, RecordLoader
 from pfc_mx.errors import ConfigError, TrainingError, first_line
 from pfc_mx.partial_fc import PartialFC
-from pfc_mx.train import faults
+from pfc_mx.train import faults, pretrained
 from pfc_mx.train.reporting import Reporter, setup_logging
 from pfc_mx.train.schedule import make_schedule, scaled_base_lr
 from pfc_mx.train.verification import VerificationTargets
@@ -184,6 +184,8 @@ class Run:
 
         self.start_step, state, self.last_ckpt = resume(cfg, out, self.net, self.trainer, self.pfc,
                                                         self.num_classes)
+        if self.start_step == 0 and cfg.model.pretrained:     # fine-tuning (pfc_mx/train/pretrained.py)
+            pretrained.initialise(cfg, self.net, self.pfc, self.num_classes)
         self.saved_step = self.start_step  # the step of the newest checkpoint (0: nothing to save yet)
         self.nonfinite_steps: List[int] = [int(s) for s in state.get("nonfinite_steps", [])]
         # corrupt records met before the checkpoint: the run's count, and the current epoch's budget
