@@ -145,6 +145,15 @@ class Run:
     """One rank's training run: model, optimizer, data, and where the run stands."""
 
     def __init__(self, cfg: Config, out: Path) -> None:
+        self.loader: Optional[RecordLoader] = None
+        try:
+            self._setup(cfg, out)
+        except BaseException:
+            if self.loader is not None:   # its worker processes would keep this process alive
+                self.loader.close()
+            raise
+
+    def _setup(self, cfg: Config, out: Path) -> None:
         self.cfg, self.out = cfg, out
         self.ctx = ctx = dist.context()
         world, rank = dist.size(), dist.rank()
