@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
-from pfc_mx.errors import ModelError
+from pfc_mx.errors import ModelError, first_line
 from symbols.common import Backbone, NamedBatchNorm
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def read_symbol(prefix: str) -> Optional[Dict[str, Any]]:
     try:
         sym = mx.sym.load(str(path))
     except (mx.base.MXNetError, ValueError, OSError) as e:
-        raise ModelError(f"{path}: not an MXNet symbol file: {str(e).strip().splitlines()[-1][:200]}") from None
+        raise ModelError(f"{path}: not an MXNet symbol file: {first_line(e)[:200]}") from None
     return json.loads(sym.tojson())
 
 
@@ -96,7 +96,8 @@ def infer_mobilefacenet_spec(tensors: Dict[str, Any], renames: Dict[str, str], s
     if min(blocks.values()) < 1:
         raise ModelError(f"{source}: MobileFaceNet without res_3/res_4/res_5 units; not a layout we know")
     bias = renames.get("pre_fc1_bias", "pre_fc1_bias")
-    return dict(blocks=tuple(blocks[s] for s in (2, 3, 4, 5)), scale=int(tensors["conv_1_conv2d_weight"].shape[0]) // 64,
+    return dict(blocks=tuple(blocks[s] for s in (2, 3, 4, 5)),
+                scale=int(tensors["conv_1_conv2d_weight"].shape[0]) // 64,
                 embedding_size=int(tensors[fc].shape[0]), insightface_mxnet=bias in tensors)
 
 

@@ -89,7 +89,7 @@ def test_a_backbone_that_does_not_fit_stops_with_one_line_and_exit_2(data, y1, t
     assert len(err) == 1 and message in err[0] and "model.pretrained" in err[0], proc.stderr[-3000:]
 
 
-def test_our_checkpoint_brings_its_centers_when_the_classes_match(tmp_path):
+def test_our_checkpoint_initialises_the_backbone_and_a_model_mismatch_is_one_line(tmp_path):
     from tests.test_export import make_run, random_backbone
     net = random_backbone("iresnet_tiny")
     step = make_run(tmp_path / "run", net)
@@ -103,6 +103,27 @@ def test_our_checkpoint_brings_its_centers_when_the_classes_match(tmp_path):
     assert cosines(fresh(x).asnumpy(), net(x).asnumpy()).min() >= 0.99999
     with pytest.raises(ConfigError, match="holds a iresnet_tiny backbone, model.name is iresnet18"):
         load_backbone_weights(fresh, str(tmp_path / "run"), "iresnet18", 512)
+
+
+def test_centers_come_from_our_checkpoint_only_when_the_classes_match(data, tmp_path):
+    def train(out, *extra):
+        proc = subprocess.run(TRAIN + overrides(data, out, "optim.max_steps=2", "output.checkpoint_every=2",
+                                                "model.name=iresnet_tiny", *extra),
+                              cwd=ROOT, env=rank_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    first = tmp_path / "first"
+    train(first)
+    saved = checkpoint.verify(first / "checkpoints" / "step-00000002")
+    centers, _ = checkpoint.load_centers(first / "checkpoints" / "step-00000002", 0, saved["num_classes"], 128)
+    log = train(tmp_path / "same", f"model.pretrained={first}", "optim.lr=0.000000000001", "optim.momentum=0")
+    assert "class centers loaded from" in log
+    tuned, _ = checkpoint.load_centers(tmp_path / "same" / "checkpoints" / "step-00000002", 0,
+                                       saved["num_classes"], 128)
+    np.testing.assert_allclose(tuned, centers, rtol=1e-4, atol=1e-6)     # lr ~0, no momentum: the loaded centers stay
+    log = train(tmp_path / "more", f"model.pretrained={first}", f"data.num_classes={saved['num_classes'] + 3}")
+    assert f"class centers start fresh (the checkpoint has {saved['num_classes']} classes" in log
 
 
 def test_model_pretrained_paths_are_relative_to_the_config(tmp_path):

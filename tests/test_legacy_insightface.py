@@ -9,12 +9,11 @@ import json
 import shutil
 
 import mxnet as mx
-import numpy as np
 import onnx
 import pytest
 
 import symbols
-from pfc_mx.errors import ExportError, ModelError
+from pfc_mx.errors import ModelError
 from pfc_mx.evaluation.model_loader import load_embedder, onnx_takes_raw_pixels
 from pfc_mx.export import MIN_COSINE, export_onnx
 from symbols.iresnet import IResNet
