@@ -2,7 +2,8 @@
 
     save_legacy_checkpoint(net, "out/model", 0)      # out/model-symbol.json + out/model-0000.params
     sym, arg, aux = mx.model.load_checkpoint("out/model", 0)   # legacy tools: output fc1 (B, D)
-    net = load_legacy_checkpoint("old/model", 0)     # an insightface IResNet checkpoint -> our IResNet
+    net = load_legacy_checkpoint("old/model", 0)     # an insightface IResNet / MobileFaceNet -> ours
+    net = import_legacy("old/model", 0)              # the same, or a SymbolBlock for other models
 
 Name mapping (our Gluon parameter -> legacy tensor, `arg:`/`aux:` prefixed in the .params):
 our layer names already are insightface's (`conv0`, `bn0`, `relu0`,

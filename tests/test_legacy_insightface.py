@@ -153,3 +153,14 @@ def test_wrong_files_give_one_model_error_line(tmp_path):
     mx.nd.save(str(tmp_path / "mbf-0000.params"), {"arg:conv_1_conv2d_weight": mx.nd.ones((64, 3, 3, 3))})
     with pytest.raises(ModelError, match="not an insightface MobileFaceNet checkpoint"):
         symbols.import_legacy(str(tmp_path / "mbf"), 0)
+
+
+def test_our_saved_mobilefacenet_imports_as_itself(tmp_path):
+    from tests.test_export import random_backbone
+    net = random_backbone("mobilefacenet", seed=6)
+    symbols.save_backbone(net, str(tmp_path / "backbone"))
+    loaded = symbols.import_legacy(str(tmp_path / "backbone"), 0)
+    assert isinstance(loaded, MobileFaceNet) and loaded.config["scale"] == 2
+    assert not loaded.config["insightface_mxnet"] and loaded.config["blocks"] == (1, 4, 6, 2)
+    x = mx.nd.array(images(2, seed=7))
+    assert cosines(loaded(x).asnumpy(), net(x).asnumpy()).min() >= 0.99999
