@@ -44,6 +44,7 @@ class ModelConfig:
     bn_mom: float = 0.9
     bn_eps: float = 2e-5
     fp16: bool = False
+    pretrained: str = ""  # fine-tune from: legacy `prefix,epoch` or our checkpoint (pfc_mx/train/pretrained.py)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class Config:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-_PATH_KEYS = {("data", "rec"), ("output", "dir")}
+_PATH_KEYS = {("data", "rec"), ("output", "dir"), ("model", "pretrained")}
 
 
 # ---- range checks: (section, key) -> (predicate, description) -------------------

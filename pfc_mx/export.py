@@ -9,6 +9,10 @@ float32 raw RGB 0..255 with a dynamic batch N, its first two nodes `Sub_input_me
 pixels), one output (N, D) float32, weights as initializers (not graph inputs), opset 13
 (IR version 7, so older onnxruntime builds load it too).
 
+Legacy insightface symbols leave attributes at MXNet's defaults that MXNet's exporter reads
+otherwise (FullyConnected's `flatten`): they are written out first (explicit_defaults). With
+check=False the file is still loaded and run once by onnxruntime before it appears.
+
 Parity: MXNet and onnxruntime embed the same random images, once as a batch and once one image
 alone (dynamic batch); the export fails with ExportError when the smallest cosine is below
 0.99999 (float32) or 0.999 (fp16: float16 weights and activations between a float32 Sub/Mul
@@ -18,6 +22,7 @@ iresnet50 and mobilefacenet).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -29,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pfc_mx.errors import ExportError
+from pfc_mx.errors import ExportError, first_line
 from pfc_mx.evaluation.model_loader import (load_symbol_params, mxnet_embedder, onnx_session,
                                             onnx_takes_raw_pixels, resolve_checkpoint)
 
@@ -51,6 +56,7 @@ def export_onnx(source: "str | Path", out_path: "str | Path", fp16: bool = False
     """
     prefix, epoch = resolve_checkpoint(source)
     sym, data_name, params = load_symbol_params(prefix, epoch)
+    sym = explicit_defaults(sym)
     try:
         _, out_shapes, _ = sym.infer_shape(**{data_name: (1, 3) + IMAGE_SIZE})
     except mx.base.MXNetError as e:
@@ -78,6 +84,8 @@ def export_onnx(source: "str | Path", out_path: "str | Path", fp16: bool = False
         if check:
             report.update(parity(mxnet_embedder(prefix, epoch, mx.cpu()), tmp, batch_check, seed, fp16,
                                  label=str(out_path)))
+        else:
+            _loads(tmp, dim, str(out_path))
         os.replace(tmp, out_path)
     finally:
         if os.path.exists(tmp):
@@ -85,6 +93,32 @@ def export_onnx(source: "str | Path", out_path: "str | Path", fp16: bool = False
     report["bytes"] = out_path.stat().st_size
     log.debug("exported %s -> %s (%d bytes)", source, out_path, report["bytes"])
     return report
+
+
+# Attributes whose absence MXNet's exporter reads differently from MXNet itself: insightface's
+# symbols write FullyConnected without `flatten` (MXNet: True); the exporter took it as False and
+# left out the Flatten before Gemm ("GEMM: Dimension mismatch, W: {512,25088} K: 7").
+MXNET_DEFAULTS = {"FullyConnected": {"flatten": "True"}}
+
+
+def explicit_defaults(sym: mx.sym.Symbol) -> mx.sym.Symbol:
+    """sym with MXNET_DEFAULTS written into every node that leaves them out (the same graph for MXNet)."""
+    graph = json.loads(sym.tojson())
+    for node in graph["nodes"]:
+        for name, value in MXNET_DEFAULTS.get(node["op"], {}).items():
+            node.setdefault("attrs", {}).setdefault(name, value)
+    return mx.sym.load_json(json.dumps(graph))
+
+
+def _loads(path: str, dim: int, label: str) -> None:
+    """ExportError unless onnxruntime loads path and maps one blank image to (1, dim)."""
+    try:
+        session = onnx_session(path)
+        out = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3) + IMAGE_SIZE, np.float32)})[0]
+    except Exception as e:  # onnxruntime's own error types, or our ModelError
+        raise ExportError(f"{label}: onnxruntime cannot run the exported model: {first_line(e)}") from None
+    if out.shape != (1, dim):
+        raise ExportError(f"{label}: onnxruntime gives {out.shape} for one image, expected (1, {dim})")
 
 
 @contextlib.contextmanager
@@ -281,12 +315,15 @@ def parity(forward_mx: Any, onnx_path: "str | Path", batch: int = 4, seed: int =
     rng = np.random.RandomState(seed)
     x = rng.randint(0, 256, size=(max(1, batch), 3) + IMAGE_SIZE).astype(np.float32)
     ref = forward_mx(x)
-    session = onnx_session(onnx_path)
     if not onnx_takes_raw_pixels(onnx.load(str(onnx_path))):
         raise ExportError(f"{label}: insightface would not detect the Sub/Mul input normalisation")
-    name = session.get_inputs()[0].name
-    got = session.run(None, {name: x})[0]
-    single = session.run(None, {name: x[:1]})[0]
+    try:
+        session = onnx_session(onnx_path)
+        name = session.get_inputs()[0].name
+        got = session.run(None, {name: x})[0]
+        single = session.run(None, {name: x[:1]})[0]
+    except Exception as e:  # onnxruntime's own error types (e.g. a Gemm shape mismatch), or ModelError
+        raise ExportError(f"{label}: onnxruntime cannot run the exported model: {first_line(e)}") from None
     if got.shape != ref.shape or single.shape != ref[:1].shape:
         raise ExportError(f"{label}: onnxruntime gives {got.shape} / {single.shape}, MXNet {ref.shape}")
     a = np.concatenate([ref, ref[:1]]).astype(np.float64)

@@ -22,15 +22,26 @@ def batch_norm(prefix: str, channels: int, bn_mom: float, bn_eps: float) -> nn.B
 
 
 class NamedBatchNorm(nn.BatchNorm):
-    """nn.BatchNorm whose graph node is called exactly `node` (e.g. `fc1`, output `fc1_output`)."""
+    """nn.BatchNorm whose graph node is called exactly `node` (e.g. `fc1`, output `fc1_output`).
 
-    def __init__(self, node: str, **kwargs: Any):
+    flat_input: x is (B, C); the BatchNorm (node `<node>_bn`) runs on it as (B, C, 1, 1) (the same
+    arithmetic), and the node `node` flattens its output back to (B, C). MXNet 1.9.1's oneDNN BatchNorm crashes the
+    process on a 2-D input after a BatchNorm on a convolution's (B, C, 1, 1) output with the same
+    eps (its primitive cache ignores the layout): see symbols/mobilefacenet.py.
+    """
+
+    def __init__(self, node: str, flat_input: bool = False, **kwargs: Any):
         super().__init__(prefix=node + "_", **kwargs)
         self._node = node
+        self._flat_input = flat_input
 
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
         with mx.name.NameManager():      # leave the enclosing Prefix scope: the node keeps its bare name
-            return F.BatchNorm(x, gamma, beta, running_mean, running_var, name=self._node, **self._kwargs)
+            if not self._flat_input:
+                return F.BatchNorm(x, gamma, beta, running_mean, running_var, name=self._node, **self._kwargs)
+            x = F.reshape(x, (0, 0, 1, 1), name=self._node + "_as4d")
+            x = F.BatchNorm(x, gamma, beta, running_mean, running_var, name=self._node + "_bn", **self._kwargs)
+            return F.flatten(x, name=self._node)
 
 
 class NamedDense(nn.Dense):
@@ -62,7 +73,7 @@ class EmbeddingHead(HybridBlock):
         self.bn1 = (NamedBatchNorm("bn1", momentum=bn_mom, epsilon=bn_eps, in_channels=in_channels)
                     if pre_bn else None)
         self.pre_fc1 = NamedDense("pre_fc1", embedding_size, use_bias=fc_bias, in_units=in_units)
-        self.fc1 = NamedBatchNorm("fc1", momentum=bn_mom, epsilon=bn_eps, scale=not fix_gamma,
+        self.fc1 = NamedBatchNorm("fc1", flat_input=True, momentum=bn_mom, epsilon=bn_eps, scale=not fix_gamma,
                                   in_channels=embedding_size)
 
     def hybrid_forward(self, F, x):

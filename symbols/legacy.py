@@ -2,7 +2,8 @@
 
     save_legacy_checkpoint(net, "out/model", 0)      # out/model-symbol.json + out/model-0000.params
     sym, arg, aux = mx.model.load_checkpoint("out/model", 0)   # legacy tools: output fc1 (B, D)
-    net = load_legacy_checkpoint("old/model", 0)     # an insightface IResNet checkpoint -> our IResNet
+    net = load_legacy_checkpoint("old/model", 0)     # an insightface IResNet / MobileFaceNet -> ours
+    net = import_legacy("old/model", 0)              # the same, or a SymbolBlock for other models
 
 Name mapping (our Gluon parameter -> legacy tensor, `arg:`/`aux:` prefixed in the .params):
 our layer names already are insightface's (`conv0`, `bn0`, `relu0`,
@@ -29,6 +30,7 @@ from mxnet.gluon import HybridBlock, nn
 from pfc_mx.errors import ModelError
 from symbols.common import Backbone
 from symbols.iresnet import SPECS, IResNet
+from symbols.legacy_import import family, graph_facts, infer_mobilefacenet_spec, match_batch_norms, read_symbol
 from symbols.mobilefacenet import MobileFaceNet
 from symbols.registry import get_model
 
@@ -142,8 +144,9 @@ def infer_iresnet_spec(tensors: Dict[str, Any], source: str) -> Tuple[Tuple[int,
             units[i] = max(units.get(i, 0), j)
             channels[i] = int(array.shape[0])
     if not units or sorted(units) != list(range(1, len(units) + 1)) or "pre_fc1_weight" not in tensors:
-        raise ModelError(f"{source}: not an insightface IResNet checkpoint "
-                         f"(no stage{{i}}_unit{{j}}_conv1_weight / pre_fc1_weight tensors)")
+        raise ModelError(f"{source}: not an insightface IResNet or MobileFaceNet checkpoint "
+                         f"(no stage{{i}}_unit{{j}}_conv1_weight / conv_1_conv2d_weight / pre_fc1_weight "
+                         f"tensors); symbols.import_legacy loads other models as a SymbolBlock")
     stages = sorted(units)
     return (tuple(units[i] for i in stages), tuple(channels[i] for i in stages),
             int(tensors["pre_fc1_weight"].shape[0]))
@@ -192,16 +195,27 @@ def load_legacy_checkpoint(prefix: str, epoch: int = 0, net: Optional[Backbone] 
     """Our backbone with the weights of a legacy-named checkpoint prefix-%04d.params.
 
     net: load into this backbone; else name: `get_model(name, embedding_size=<from the file>,
-    **model_kw)`; else an IResNet whose units, channels and embedding size are read from the
-    tensor names and shapes (the registered name when one matches). Extra tensors (e.g. the
-    classifier `fc7_weight`) are ignored. The symbol file is not needed.
+    **model_kw)`; else the family, depth, widths and embedding size read from the tensor names and
+    shapes: an IResNet (the registered name when one matches) or a MobileFaceNet (insightface's
+    MXNet flavour `mobilefacenet_mxnet` when pre_fc1 has a bias). Extra tensors (e.g. the
+    classifier `fc7_weight`) are ignored. prefix-symbol.json, when present, supplies renamed
+    variables and every BatchNorm's eps and fix_gamma (symbols/legacy_import.py), so that the
+    result computes exactly what the file's graph does; without it the names and our eps are used.
     """
     source = f"{prefix}-{epoch:04d}.params"
     tensors = read_params(prefix, epoch)
-    if net is None:
+    renames, norms = graph_facts(read_symbol(prefix))
+    kind = family(tensors)
+    if net is None and name is None and kind == "mobilefacenet":
+        spec = infer_mobilefacenet_spec(tensors, renames, source)
+        model_kw.setdefault("embedding_size", spec.pop("embedding_size"))
+        net = MobileFaceNet(**spec, **model_kw)
+        log.info("%s: MobileFaceNet %s", source, net.config)
+    elif net is None:
         if name is not None:
-            if "pre_fc1_weight" in tensors and "embedding_size" not in model_kw:
-                model_kw["embedding_size"] = int(tensors["pre_fc1_weight"].shape[0])
+            fc = renames.get("pre_fc1_weight", "pre_fc1_weight")
+            if fc in tensors and "embedding_size" not in model_kw:
+                model_kw["embedding_size"] = int(tensors[fc].shape[0])
             net = get_model(name, **model_kw)
         else:
             units, channels, emb = infer_iresnet_spec(tensors, source)
@@ -210,7 +224,11 @@ def load_legacy_checkpoint(prefix: str, epoch: int = 0, net: Optional[Backbone] 
             net = get_model(known[0], **model_kw) if known else IResNet(units, channels, **model_kw)
             log.info("%s: %s, units %s, channels %s, embedding %d", source, known[0] if known else "IResNet",
                      units, channels, emb)
-    assign(net, tensors, legacy_names(net), source, ctx)
+    table = {ours: renames.get(theirs, theirs) for ours, theirs in legacy_names(net).items()}
+    if isinstance(net, MobileFaceNet) and "pre_fc1_weight" not in tensors and "fc1_weight" in tensors:
+        table = {ours: "fc1_weight" if theirs == "pre_fc1_weight" else theirs for ours, theirs in table.items()}
+    assign(net, tensors, table, source, ctx)
+    match_batch_norms(net, norms)
     return net
 
 

@@ -23,6 +23,8 @@ _MODELS: Dict[str, Callable[..., Backbone]] = {
     **{name: partial(IResNet, units=units, channels=channels) for name, (units, channels) in SPECS.items()},
     "iresnet_demo": partial(IResNet, **DEMO_SPEC),
     "mobilefacenet": MobileFaceNet,
+    # insightface's MXNet fmobilefacenet ("y1": 128-d in its model zoo; set embedding_size)
+    "mobilefacenet_mxnet": partial(MobileFaceNet, blocks=(1, 4, 6, 2), scale=1, insightface_mxnet=True),
 }
 
 

@@ -16,28 +16,19 @@ from pfc_mx.errors import ExportError, ModelError
 from pfc_mx.evaluation.model_loader import load_embedder, onnx_takes_raw_pixels, resolve_checkpoint
 from pfc_mx.export import MIN_COSINE, export_onnx, normalisation_constants, parity
 from tests.test_ijb import make_pooling_onnx, pooling_features
+from tests.weights import cosine_between_inputs, input_dependent
 from tools import export_onnx as export_tool
 from tools._cli import run_cli
 
 
 def random_backbone(name: str, seed: int = 0) -> symbols.Backbone:
-    """An initialised backbone whose BatchNorm statistics, gammas (the fixed one of fc1 included)
-    and PReLU slopes are random, so that parity cannot pass by accident of identity layers."""
+    """An initialised backbone with random gammas (the fixed one of fc1 stays 1), betas and PReLU
+    slopes, and BatchNorm statistics calibrated on random images (tests/weights.py), so that its
+    embeddings depend on the input and parity cannot pass by accident of identity layers."""
     mx.random.seed(seed)
-    rng = np.random.RandomState(seed)
     net = symbols.get_model(name, embedding_size=512)
     net.initialize(mx.init.Xavier(magnitude=2.0))
-    net(mx.nd.zeros((1, 3, 112, 112)))
-    for pname, p in net.collect_params().items():
-        shape = p.shape
-        if pname.endswith(("running_var", "moving_var")):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 2.0, shape)))
-        elif pname.endswith(("running_mean", "moving_mean", "beta")):
-            p.set_data(mx.nd.array(rng.normal(0, 0.1, shape)))
-        elif pname.endswith("gamma"):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, shape)))
-        elif pname.endswith("alpha"):
-            p.set_data(mx.nd.array(rng.uniform(0.0, 0.5, shape)))
+    input_dependent(net, seed)
     net.hybridize()
     return net
 
@@ -116,6 +107,7 @@ def test_insightface_style_blob_from_bgr_images_gives_the_mxnet_embedding(iresne
 
 def test_mobilefacenet_export_passes_parity(tmp_path):
     net = random_backbone("mobilefacenet", seed=3)
+    assert cosine_between_inputs(lambda x: net(mx.nd.array(x)).asnumpy()) < 0.9   # the weights see the image
     step = make_run(tmp_path / "run", net)
     report = export_onnx(step, tmp_path / "mbf.onnx", batch_check=2)
     assert report["min_cosine"] >= MIN_COSINE[False] and report["embedding_size"] == 512
@@ -139,7 +131,9 @@ def test_fp16_export_keeps_float32_interface_and_passes_its_threshold(iresnet, t
     model = onnx.load(str(tmp_path / "fp16.onnx"))
     graph = model.graph
     head = set(graph.node[0].input[1:]) | set(graph.node[1].input)
-    assert {t.data_type for t in graph.initializer if t.name not in head} == {TensorProto.FLOAT16}
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16}    # (Reshape shapes are int64)
+    assert {t.data_type for t in graph.initializer if t.name not in head and t.data_type in floats} == {
+        TensorProto.FLOAT16}
     assert graph.input[0].type.tensor_type.elem_type == graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert onnx_takes_raw_pixels(model)
     x = images(3, seed=9)

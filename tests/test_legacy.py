@@ -190,8 +190,8 @@ def test_missing_or_foreign_files_raise_model_error(tmp_path):
     (tmp_path / "junk-0000.params").write_bytes(b"not a params file")
     with pytest.raises(ModelError, match="junk-0000.params: not a readable"):
         load_legacy_checkpoint(str(tmp_path / "junk"), 0)
-    mx.nd.save(str(tmp_path / "other-0000.params"), {"arg:conv_1_conv2d_weight": mx.nd.ones((2, 3, 3, 3))})
-    with pytest.raises(ModelError, match="not an insightface IResNet checkpoint"):
+    mx.nd.save(str(tmp_path / "other-0000.params"), {"arg:features_conv_weight": mx.nd.ones((2, 3, 3, 3))})
+    with pytest.raises(ModelError, match="not an insightface IResNet or MobileFaceNet checkpoint"):
         load_legacy_checkpoint(str(tmp_path / "other"), 0)
 
 

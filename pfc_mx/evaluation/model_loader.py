@@ -108,6 +108,39 @@ def load_symbol_params(prefix: str, epoch: int) -> Tuple[mx.sym.Symbol, str, Dic
     return sym, inputs[0], used
 
 
+def batch_norms_on_4d(sym: mx.sym.Symbol, data_name: str) -> mx.sym.Symbol:
+    """sym with every BatchNorm over a 2-D (N, C) input run on (N, C, 1, 1) (the same arithmetic).
+
+    MXNet 1.9.1's oneDNN BatchNorm kills the process on a 2-D input after a BatchNorm over a conv's
+    (N, C, 1, 1) output with the same eps, in any earlier graph of the process (its primitive cache
+    ignores the layout; see symbols/mobilefacenet.py). insightface's fc1 is such a 2-D BatchNorm.
+    """
+    internals = sym.get_internals()
+    _, shapes, _ = internals.infer_shape_partial(**{data_name: (1, 3, 112, 112)})
+    ndim = dict(zip(internals.list_outputs(), (len(s) for s in shapes)))
+    graph = json.loads(sym.tojson())
+    nodes, index = [], {}                       # new node list, old index -> new index
+    moved: Dict[int, int] = {}                  # BatchNorm's old index -> index of its Flatten
+    for i, node in enumerate(graph["nodes"]):
+        node["inputs"] = [[moved.get(e[0], index[e[0]]) if e[1] == 0 else index[e[0]], e[1], e[2]]
+                          for e in node["inputs"]]
+        if node["op"] == "BatchNorm" and ndim.get(f"{node['name']}_output", 0) == 2:
+            nodes.append({"op": "Reshape", "name": node["name"] + "_as4d", "attrs": {"shape": "(0, 0, 1, 1)"},
+                          "inputs": [node["inputs"][0]]})
+            node["inputs"][0] = [len(nodes) - 1, 0, 0]
+            index[i] = len(nodes)
+            nodes.append(node)
+            nodes.append({"op": "Flatten", "name": node["name"] + "_flat", "inputs": [[index[i], 0, 0]]})
+            moved[i] = len(nodes) - 1
+            continue
+        index[i] = len(nodes)
+        nodes.append(node)
+    heads = [[moved.get(h[0], index[h[0]]) if h[1] == 0 else index[h[0]], h[1], h[2]] for h in graph["heads"]]
+    out = {"nodes": nodes, "arg_nodes": [i for i, n in enumerate(nodes) if n["op"] == "null"], "heads": heads,
+           "attrs": graph.get("attrs", {})}
+    return mx.sym.load_json(json.dumps(out))
+
+
 def default_context() -> mx.Context:
     return mx.gpu(0) if mx.context.num_gpus() > 0 else mx.cpu()
 
@@ -116,6 +149,7 @@ def mxnet_embedder(prefix: str, epoch: int, ctx: Optional[mx.Context] = None) ->
     """forward(images (B, 3, H, W) raw RGB) -> (B, D) float32 of an MXNet checkpoint (a SymbolBlock)."""
     ctx = ctx or default_context()
     sym, data_name, params = load_symbol_params(prefix, epoch)
+    sym = batch_norms_on_4d(sym, data_name)
     net = mx.gluon.SymbolBlock(sym, mx.sym.var(data_name, dtype="float32"))
     net.collect_params().load_dict(params, ctx=ctx)
     net.hybridize()

@@ -28,7 +28,7 @@ from pfc_mx.data import RecordDataset, RecordLoader
 from pfc_mx.errors import ConfigError, TrainingError, first_line
 from pfc_mx.partial_fc import PartialFC
 from pfc_mx.strict_json import finite_or_none
-from pfc_mx.train import faults
+from pfc_mx.train import faults, pretrained
 from pfc_mx.train.progress import Frame, Position, position_from_state
 from pfc_mx.train.reporting import Reporter, setup_logging
 from pfc_mx.train.resume import resume
@@ -161,6 +161,15 @@ class Run:
     """One rank's training run: model, optimizer, data, and where the run stands (a Position)."""
 
     def __init__(self, cfg: Config, out: Path) -> None:
+        self.loader: Optional[RecordLoader] = None
+        try:
+            self._setup(cfg, out)
+        except BaseException:
+            if self.loader is not None:   # its worker processes would keep this process alive
+                self.loader.close()
+            raise
+
+    def _setup(self, cfg: Config, out: Path) -> None:
         self.cfg, self.out = cfg, out
         self.ctx = ctx = dist.context()
         world, rank = dist.size(), dist.rank()
@@ -194,6 +203,8 @@ class Run:
                              kernels=cfg.partial_fc.kernels)
 
         state, self.last_ckpt = resume(cfg, out, self.net, self.trainer, self.pfc, self.num_classes)
+        if self.last_ckpt is None and cfg.model.pretrained:     # fine-tuning (pfc_mx/train/pretrained.py)
+            pretrained.initialise(cfg, self.net, self.pfc, self.num_classes)
         # the run's unit: the global batch of its first start (pfc_mx.train.progress)
         base_batch = int(state.get("base_batch") or int(state.get("world_size", world)) * cfg.data.batch_size)
         self.base_lr = scaled_base_lr(cfg.optim, base_batch)
