@@ -21,11 +21,12 @@ def test_changes_are_split_into_safe_and_altering_each_named_with_both_values():
     assert config_changes(old, old) == ([], [])
 
 
-def test_a_key_unknown_to_the_checkpoint_counts_as_a_change():
+def test_a_key_unknown_to_the_checkpoint_stands_for_its_default():
     old = Config().to_dict()
     del old["partial_fc"]["kernels"], old["optim"]["power"]
-    safe, altering = config_changes(old, Config().to_dict())
-    assert safe == ["partial_fc.kernels: '(unset)' -> 'auto'"] and altering == ["optim.power: '(unset)' -> 2.0"]
+    assert config_changes(old, Config().to_dict()) == ([], [])
+    new = build_config({"partial_fc": {"kernels": "stock"}, "optim": {"power": 1.0}}).to_dict()
+    assert config_changes(old, new) == (["partial_fc.kernels: 'auto' -> 'stock'"], ["optim.power: 2.0 -> 1.0"])
 
 
 def test_check_config_refuses_altering_changes_unless_allowed_and_always_a_new_shape(tmp_path):

@@ -26,7 +26,7 @@ from symbols.legacy import load_backbone
 log = logging.getLogger("pfc_mx.train")
 
 # config keys (section or section.key) whose change does not alter what the run computes
-SAFE_CHANGES = ("output", "eval", "data.num_workers", "data.max_corrupt_fraction", "data.batch_size",
+SAFE_CHANGES = ("output", "eval", "model.pretrained", "data.num_workers", "data.max_corrupt_fraction", "data.batch_size",
                 "partial_fc.kernels", "partial_fc.centers_on", "optim.skip_nonfinite")
 
 
@@ -42,8 +42,9 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def config_changes(stored: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[str], List[str]]:
-    """(safe, altering) differences between two config trees, each as 'key: old -> new'."""
-    old_flat, new_flat = _flatten(stored), _flatten(new)
+    """(safe, altering) differences between two config trees, each as 'key: old -> new'. A key
+    that the stored tree lacks (written by a version without it) stands for its default."""
+    old_flat, new_flat = {**_flatten(Config().to_dict()), **_flatten(stored)}, _flatten(new)
     safe: List[str] = []
     altering: List[str] = []
     for key in sorted(set(old_flat) | set(new_flat)):
