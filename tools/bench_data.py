@@ -43,7 +43,7 @@ from pfc_mx.data import faces  # noqa: E402
 from pfc_mx.data.loader import RecordLoader  # noqa: E402
 from pfc_mx.data.recordio import RecordDataset  # noqa: E402
 from pfc_mx.data.writer import FlatWriter  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from tools._cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 
 
 def write_rec(path: Path, n: int, identities: int = 64) -> None:
@@ -112,11 +112,11 @@ def plain_loop(rec: Path, n: int) -> Callable[[], int]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=positive_int, default=4096)
+    parser.add_argument("--batch", type=positive_int, default=128)
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--data", help="folder to keep the generated rec in (default: a temporary one)")
     args = parser.parse_args(argv)
     n = args.images - args.images % args.batch
