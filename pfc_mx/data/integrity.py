@@ -27,8 +27,7 @@ import os
 import re
 import struct
 import tempfile
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -41,8 +40,7 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # colour type -> channels as stored (palette: RGB)
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(NamedTuple):
     """What the headers of one encoded image say. height/width/channels are 0 when unknown."""
     kind: str  # "jpeg", "png" or "other"
     height: int = 0
@@ -56,7 +54,8 @@ class ImageInfo:
         return f"{self.width}x{self.height}x{self.channels}"
 
 
-def _jpeg_info(data: bytes) -> ImageInfo:
+def _jpeg_info(data: bytes, to_frame_header: bool = False) -> ImageInfo:
+    """The marker walk; with to_frame_header it stops at the SOF segment (size and channels known)."""
     n, pos = len(data), 2
     h = w = c = 0
     scanned = False
@@ -85,6 +84,8 @@ def _jpeg_info(data: bytes) -> ImageInfo:
             if marker in _SOF:
                 h, w = struct.unpack_from(">HH", data, pos + 5)
                 c = data[pos + 9]
+                if to_frame_header:
+                    return ImageInfo("jpeg", h, w, c)
             elif marker == 0xDA:
                 scanned = True
                 found = _MARKER_IN_SCAN.search(data, end)
@@ -106,6 +107,17 @@ def _png_info(data: bytes) -> ImageInfo:
     if data.rfind(_PNG_IEND) < 0:
         return ImageInfo("png", h, w, c, f"truncated: no IEND chunk at the end ({len(data)} bytes)")
     return ImageInfo("png", h, w, c)
+
+
+def _quick_info(data: bytes) -> ImageInfo:
+    """image_info for the decode path: a JPEG whose frame header is sound and whose last bytes are its
+    EOI marker needs no walk through its scans (a damaged scan makes libjpeg speak, which is caught)."""
+    if data[:2] == b"\xff\xd8":
+        info = _jpeg_info(data, to_frame_header=True)
+        if not info.fault and (data.endswith(b"\xff\xd9") or data.rstrip(b"\0").endswith(b"\xff\xd9")):
+            return info
+        return _jpeg_info(data)
+    return image_info(data)
 
 
 def image_info(data: bytes) -> ImageInfo:
@@ -140,7 +152,7 @@ class _Stderr:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        size = os.fstat(fd).st_size
+        size = os.lseek(fd, 0, os.SEEK_CUR)  # what was written (the offset is shared with fd 2); cheaper than fstat
         if not size:
             return result, ""
         text = os.pread(fd, min(size, 4096), 0).decode("utf-8", "replace")
@@ -156,10 +168,11 @@ def decode_checked(data: bytes, flags: int = cv2.IMREAD_COLOR) -> Tuple[Optional
     """(decoded image (H, W, 3) uint8 BGR or None, fault, header info): fault is "" for a sound image,
     else why not.
 
-    The structural check runs first (a damaged image is not decoded); the decoder's messages on
-    stderr are captured and make the image damaged.
+    The structural check runs first (a damaged image is not decoded): the frame header and the
+    final EOI marker of a JPEG (the full walk through its scans only when the EOI is not last),
+    a PNG's IHDR and IEND. The decoder's messages on stderr are captured and make the image damaged.
     """
-    info = image_info(data)
+    info = _quick_info(data)
     if info.fault:
         return None, info.fault, info
     try:
