@@ -7,6 +7,7 @@
     python tools/rec.py unpack   DATA OUT             OUT/<class>/<record key>.<jpg|png>
     python tools/rec.py shuffle  DATA OUT             records in random order (flat layout by default)
     python tools/rec.py synth    OUT --identities N   the synthetic face-identity dataset
+    python tools/rec.py pairs    PAIRS.txt OUT.bin    verification pairs "a.jpg b.jpg 1|0" -> insightface .bin
 
 DATA is a folder with train.rec/train.idx[/property] or a .rec with its .idx beside it.
 shuffle --layout flat writes every image at keys 0..n-1 in a seeded random order (what
@@ -275,6 +276,35 @@ def cmd_shuffle(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- pairs
+def cmd_pairs(args) -> int:
+    """Write a .bin of the pairs listed one per line: 'image_a image_b 1' (same person) or '... 0'."""
+    from pfc_mx.data.verification_bin import write_bin
+
+    lst = Path(args.pairs)
+    if not lst.is_file():
+        raise DatasetError(f"{lst}: no such pairs list")
+    root = Path(args.root) if args.root else lst.parent
+    images, issame = [], []
+    for n, line in enumerate(lst.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 3 or fields[2] not in ("0", "1"):
+            raise DatasetError(f"{lst}:{n}: expected 'image_a image_b 1|0', got {line!r}")
+        for name in fields[:2]:
+            data = _encode_one((str(root / name), args.size, 95, False))
+            if isinstance(data, str):
+                raise DatasetError(f"{lst}:{n}: {root / name}: {data}")
+            images.append(data)
+        issame.append(fields[2] == "1")
+    if not issame:
+        raise DatasetError(f"{lst}: no pairs listed")
+    write_bin(args.out, images, issame)
+    print(f"wrote {args.out}: {len(issame)} pairs ({sum(issame)} same, {len(issame) - sum(issame)} different)")
+    return 0
+
+
 # ---------------------------------------------------------------- synth
 def cmd_synth(args) -> int:
     from pfc_mx.data.synthetic import generate
@@ -317,6 +347,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("out", help="output folder (train.rec) or .rec path")
     p.add_argument("--layout", choices=("flat", "insightface"), default="flat")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p = sub.add_parser("pairs", help="verification pairs list -> insightface .bin")
+    p.add_argument("pairs", help="text file, one pair per line: 'image_a image_b 1|0' (1: same person)")
+    p.add_argument("out", help="the .bin to write")
+    p.add_argument("--root", help="folder the image paths are relative to (default: the list's folder)")
+    p.add_argument("--size", type=int_at_least(8), default=112, help="images of another size are resized")
     p = sub.add_parser("synth", help="synthetic face-identity dataset + held-out .bin pairs")
     p.add_argument("out")
     p.add_argument("--identities", type=positive_int, required=True, help="training classes")
@@ -332,7 +367,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--workers", type=positive_int, help="processes (default: CPU count, at most 8)")
     args = parser.parse_args(argv)
     return {"inspect": cmd_inspect, "validate": cmd_validate, "build": cmd_build, "unpack": cmd_unpack,
-            "shuffle": cmd_shuffle, "synth": cmd_synth}[args.command](args)
+            "shuffle": cmd_shuffle, "synth": cmd_synth, "pairs": cmd_pairs}[args.command](args)
 
 
 if __name__ == "__main__":
