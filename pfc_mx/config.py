@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_origin, get_type_hints
@@ -77,6 +78,7 @@ class DataConfig:
     mirror: bool = True
     color_jitter: float = 0.0
     max_corrupt_fraction: float = 0.02  # of the images a rank reads in one epoch; more stops the run
+    on_wrong_size: str = "resize"  # images not 112x112x3: "resize" (counted), "skip" (counted) or "error"
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ _CHECKS: Dict[Tuple[str, str], Tuple[Any, str]] = {
     ("data", "num_workers"): (_non_negative, ">= 0"),
     ("data", "color_jitter"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("data", "max_corrupt_fraction"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data", "on_wrong_size"): (lambda v: v in ("resize", "skip", "error"), "'resize', 'skip' or 'error'"),
     ("optim", "lr"): (_positive, "> 0"),
     ("optim", "reference_batch"): (_non_negative, ">= 0"),
     ("optim", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -213,6 +216,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint is str:
@@ -244,8 +249,18 @@ def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
             for key in list(keys):
                 if (section, key) in _PATH_KEYS and isinstance(keys[key], str) and keys[key]:
                     keys[key] = str((path.parent / keys[key]).resolve())
+                elif (section, key) == ("eval", "targets"):
+                    keys[key] = _target_paths(keys[key], path.parent)
     _deep_merge(merged, raw)
     return merged
+
+
+def _target_paths(targets: Any, base: Path) -> Any:
+    """eval.targets with its paths (not bare names like 'lfw') made absolute against base."""
+    if not isinstance(targets, list):
+        return targets
+    return [str((base / t).resolve()) if isinstance(t, str) and ("/" in t or t.endswith(".bin")) else t
+            for t in targets]
 
 
 def _deep_merge(into: Dict[str, Any], other: Dict[str, Any]) -> None:
@@ -270,6 +285,8 @@ def _apply_override(tree: Dict[str, Any], text: str) -> None:
         value = value_text
     if tuple(parts) in _PATH_KEYS and isinstance(value, str) and value:
         value = str(Path(value).resolve())
+    elif tuple(parts) == ("eval", "targets"):
+        value = _target_paths(value, Path.cwd())
     if len(parts) == 1:
         tree[parts[0]] = value
     else:
@@ -345,6 +362,8 @@ def check_data_paths(cfg: Config) -> None:
         raise ConfigError(f"data.rec: {rec_file} does not exist")
     if not rec_file.with_suffix(".idx").is_file():
         raise ConfigError(f"data.rec: index {rec_file.with_suffix('.idx')} is missing")
+    from pfc_mx.data.verification_bin import find_bins
+    find_bins(cfg.eval.targets, rec_file.parent, what="eval.targets")
 
 
 def save_config(cfg: Config, path: Union[str, Path]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pfc_mx.config import check_data_paths, load_config, save_config
-from pfc_mx.errors import ConfigError
+from pfc_mx.errors import ConfigError, DatasetError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -57,6 +57,11 @@ def test_overrides_are_typed_and_applied_last(tmp_path):
     ("optim.skip_nonfinite=1.5", "optim.skip_nonfinite: expected an integer"),
     ("data.max_corrupt_fraction=1.5", "data.max_corrupt_fraction = 1.5 must be in [0, 1]"),
     ("no_equals_sign", "expected section.key=value"),
+    ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),
+    ("optim.momentum=.nan", "optim.momentum: expected a finite number, got nan"),
+    ("loss.scale=-.inf", "loss.scale: expected a finite number, got -inf"),
+    ("data.batch_size=.inf", "data.batch_size: expected an integer"),
+    ("data.on_wrong_size=crop", "data.on_wrong_size = 'crop' must be 'resize', 'skip' or 'error'"),
 ])
 def test_bad_values_give_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:
@@ -93,7 +98,30 @@ def test_data_paths_checked_before_training(tmp_path):
     with pytest.raises(ConfigError, match="index .*train.idx is missing"):
         check_data_paths(cfg)
     (tmp_path / "train.idx").write_text("")
+    with pytest.raises(DatasetError, match=r"^eval.targets: lfw: no lfw.bin beside the rec in "):
+        check_data_paths(cfg)  # the recipe's targets (lfw, cfp_fp, agedb_30) are not there
+    check_data_paths(load_config(CONFIGS / "ms1mv3_r50.yaml", [f"data.rec={tmp_path}", "eval.targets=[]"]))
+
+
+def test_eval_targets_take_names_beside_the_rec_and_paths_relative_to_the_config(tmp_path):
+    data, sets = tmp_path / "data", tmp_path / "sets"
+    data.mkdir()
+    sets.mkdir()
+    for f in (data / "train.rec", data / "train.idx", data / "lfw.bin", sets / "mine.bin"):
+        f.write_bytes(b"")
+    cfg_file = tmp_path / "my.yaml"
+    cfg_file.write_text(f"_base_: {CONFIGS / 'demo.yaml'}\ndata: {{rec: data}}\n"
+                        "eval: {targets: [lfw, sets/mine.bin]}\n")
+    cfg = load_config(cfg_file)
+    assert cfg.eval.targets == ["lfw", str(sets / "mine.bin")]
     check_data_paths(cfg)
+    from pfc_mx.data.verification_bin import find_bins
+    assert find_bins(cfg.eval.targets, data) == [data / "lfw.bin", sets / "mine.bin"]
+    cfg_file.write_text(f"_base_: {CONFIGS / 'demo.yaml'}\ndata: {{rec: data}}\n")  # inherits synthetic_val
+    with pytest.raises(DatasetError, match="eval.targets: synthetic_val: no synthetic_val.bin beside the rec"):
+        check_data_paths(load_config(cfg_file))
+    with pytest.raises(DatasetError, match=r"eval.targets: .*elsewhere.bin: verification set not found"):
+        check_data_paths(load_config(cfg_file, [f"eval.targets=[{tmp_path / 'elsewhere.bin'}]"]))
 
 
 def test_saved_config_loads_back_identical(tmp_path):

@@ -116,24 +116,25 @@ def test_inspect_prints_counts_and_sizes(folder, tmp_path, capsys):
     assert "min 2  median 3  mean 3.0  max 4" in out
 
 
-def test_validate_reports_corrupt_and_out_of_range_records_with_exit_1(tmp_path, capsys):
+def test_validate_reports_damaged_and_out_of_range_records_with_exit_1(tmp_path, capsys):
     good = cv2.imencode(".jpg", image(0))[1].tobytes()
     with InsightfaceWriter(tmp_path, 3) as w:
         for i, label in enumerate([0, 0, 1, 2, 2]):
             w.add(good[:150] if i == 2 else good, label)
     assert rec("validate", tmp_path) == 1
     out = capsys.readouterr().out
-    assert "corrupt: record 3 (image 2)" in out and "1 corrupt" in out and "FAILED" in out
+    assert "damaged: record 3 (image 2): truncated" in out and "1 damaged" in out and "FAILED" in out
     (tmp_path / "property").write_text("2,112,112")
     assert rec("validate", tmp_path, "--workers", "1") == 1
     out = capsys.readouterr().out
-    assert "out-of-range: record 4 (image 3)" in out and "2 with out-of-range labels" in out
+    assert "out-of-range label: record 4 (image 3)" in out and "2 out-of-range label" in out
 
 
 def test_validate_passes_a_clean_dataset(folder, tmp_path, capsys):
     rec("build", folder[0], tmp_path / "a")
     assert rec("validate", tmp_path / "a") == 0
-    assert "0 corrupt, 0 with out-of-range labels: ok" in capsys.readouterr().out
+    assert ("0 damaged, 0 wrong size, 0 wrong channels, 0 out-of-range label, 0 empty classes: ok"
+            in capsys.readouterr().out)
 
 
 def broken_datasets(tmp_path: Path):

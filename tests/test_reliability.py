@@ -535,6 +535,8 @@ def test_twenty_percent_corrupt_jpegs_stop_every_rank_with_one_line(hundred_imag
                              r"max_corrupt_fraction 0.1 of the 50 images this rank reads per epoch "
                              r"\(first: record \d+\)", line)
         assert found and int(found.group(2)) > 5, line
+    for rank, line in errors:  # each rank's reason is in its own log too
+        assert f"error: {line}" in (job.out / "logs" / f"rank{rank}.log").read_text()
     assert max(losses(job.out) or [0]) < 5  # stopped within the first epoch
 
 

@@ -1,11 +1,48 @@
 """Shared entry wrapper of the command-line tools: user errors become one line and exit code 2."""
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import sys
 from typing import Callable, List, Optional
 
-from pfc_mx.errors import PfcError
+from pfc_mx.errors import ConfigError, PfcError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line ConfigErrors (exit 2 through run_cli)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def number(kind: type, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False,
+            what: str = "") -> Callable[[str], "int | float"]:
+    """An argparse type: a finite `kind` in the range given (what: the range in words)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
+            (value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= low."""
+    return number(int, low, what=f">= {low}")  # type: ignore[return-value]
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+fraction = number(float, 0.0, 1.0, what="in [0, 1]")  # a share of something, 0 and 1 included
+positive_float = number(float, 0.0, low_open=True, what="a finite number > 0")
 
 
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:

@@ -19,17 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pfc_mx.evaluation.ijb import evaluate_ijb, find_target  # noqa: E402
 from pfc_mx.evaluation.model_loader import load_embedder  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from tools._cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="run/checkpoint dir, `latest` file, prefix,epoch or .onnx")
     parser.add_argument("root", help="IJB folder with meta/ and loose_crop/")
     parser.add_argument("--target", choices=["IJBB", "IJBC"], help="default: from the meta file names")
     parser.add_argument("--out", help="output folder (default ./ijb_<target>)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=4, help="threads reading and aligning images")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--workers", type=positive_int, default=4, help="threads reading and aligning images")
     parser.add_argument("--no-flip", action="store_true", help="embed the image only, not also its mirror")
     parser.add_argument("--no-detector-score", action="store_true", help="do not weight images by detector score")
     parser.add_argument("--image-norm", action="store_true",

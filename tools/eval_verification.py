@@ -18,31 +18,22 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pfc_mx.errors import DatasetError  # noqa: E402
+from pfc_mx.data.verification_bin import find_bins  # noqa: E402
 from pfc_mx.evaluation.model_loader import load_embedder  # noqa: E402
 from pfc_mx.evaluation.verification import verify  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from tools._cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 
 
 def bin_files(paths: List[str]) -> List[Path]:
-    """The .bin files named, folders expanded to their *.bin; DatasetError if a folder has none."""
-    files: List[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("*.bin"))
-            if not found:
-                raise DatasetError(f"{p}: no .bin files in this folder")
-            files.extend(found)
-        else:
-            files.append(p)
-    return files
+    """The .bin files named, folders expanded to their *.bin; DatasetError if one is missing."""
+    return find_bins(paths)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="run/checkpoint dir, `latest` file, prefix,epoch or .onnx")
     parser.add_argument("bins", nargs="+", help=".bin files or folders holding them")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--no-flip", action="store_true", help="embed the image only, not also its mirror")
     args = parser.parse_args(argv)
     files = bin_files(args.bins)

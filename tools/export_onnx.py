@@ -19,16 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pfc_mx.evaluation.model_loader import resolve_checkpoint  # noqa: E402
 from pfc_mx.export import export_onnx  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from tools._cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="run dir, checkpoints dir, checkpoint dir, `latest` file, or prefix,epoch")
     parser.add_argument("output", nargs="?", help="the .onnx file (default: beside the checkpoint)")
     parser.add_argument("--fp16", action="store_true", help="float16 weights and activations (input/output float32)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
-    parser.add_argument("--batch-check", type=int, default=4, help="random images in the parity check")
+    parser.add_argument("--batch-check", type=positive_int, default=4, help="random images in the parity check")
     args = parser.parse_args(argv)
     output = args.output
     if output is None:

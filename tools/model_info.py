@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 import symbols  # noqa: E402
 from pfc_mx.errors import ModelError  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from tools._cli import ArgumentParser, int_at_least, positive_int, run_cli  # noqa: E402
 
 
 def model_stats(name: str, size: int = 112, embedding_size: int = 512) -> Dict[str, object]:
@@ -68,11 +68,11 @@ def graph_macs(sym: mx.sym.Symbol, shapes: Dict[str, tuple], outputs: Dict[str, 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(symbols.list_models()),
                         help="comma-separated names (default: every registered backbone)")
-    parser.add_argument("--embedding-size", type=int, default=512)
-    parser.add_argument("--size", type=int, default=112, help="input height and width")
+    parser.add_argument("--embedding-size", type=positive_int, default=512)
+    parser.add_argument("--size", type=int_at_least(32), default=112, help="input height and width")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     print(f"$ python tools/model_info.py --models {','.join(names)} --embedding-size {args.embedding_size} "

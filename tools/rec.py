@@ -1,12 +1,13 @@
 """Face RecordIO datasets on the command line: inspect, validate, build, unpack, shuffle, synth.
 
     python tools/rec.py inspect  DATA                 counts, class histogram, sampled image sizes
-    python tools/rec.py validate DATA                 read + decode every record; exit 1 on any problem
+    python tools/rec.py validate DATA                 read + decode every record; exit 1 on damaged ones
     python tools/rec.py build    SRC OUT              image folder (one sub-folder per identity) -> insightface layout
     python tools/rec.py build    --list L.lst OUT     im2rec list "index<TAB>label<TAB>path" -> insightface layout
     python tools/rec.py unpack   DATA OUT             OUT/<class>/<record key>.<jpg|png>
     python tools/rec.py shuffle  DATA OUT             records in random order (flat layout by default)
     python tools/rec.py synth    OUT --identities N   the synthetic face-identity dataset
+    python tools/rec.py pairs    PAIRS.txt OUT.bin    verification pairs "a.jpg b.jpg 1|0" -> insightface .bin
 
 DATA is a folder with train.rec/train.idx[/property] or a .rec with its .idx beside it.
 shuffle --layout flat writes every image at keys 0..n-1 in a seeded random order (what
@@ -33,11 +34,14 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pfc_mx.data.loader import decode  # noqa: E402
+from pfc_mx.data.checks import check_record, expected_size  # noqa: E402
+from pfc_mx.data.integrity import decode_checked  # noqa: E402
 from pfc_mx.data.recordio import RecordDataset  # noqa: E402
 from pfc_mx.errors import DatasetError  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+from tools._cli import ArgumentParser, fraction, int_at_least, non_negative_int, number, positive_int, run_cli  # noqa: E402
 
+quality = number(int, 0, 100, what="in [0, 100]")
+below_one = number(float, 0.0, 1.0, high_open=True, what="in [0, 1)")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 _DS: Optional[RecordDataset] = None  # the dataset of validate's worker processes
 
@@ -76,40 +80,65 @@ def cmd_inspect(args) -> int:
 
 
 # ---------------------------------------------------------------- validate
-def _check_range(span: Tuple[int, int]) -> List[int]:
-    return [i for i in range(*span) if decode(_DS, i) is None]
+KINDS = ("damaged", "wrong size", "wrong channels")
+
+
+def _check_range(span: Tuple[int, int]) -> List[Tuple[int, str, str]]:
+    """(image index, kind, detail) of the problem images in [start, end) of validate's dataset."""
+    size = expected_size(_DS)
+    found = []
+    for i in range(*span):
+        kind, detail = check_record(_DS, i, size)
+        if kind:
+            found.append((i, kind, detail))
+    return found
 
 
 def cmd_validate(args) -> int:
+    """Read and decode every record; report damaged ones, sizes, channels, labels and empty classes by kind.
+
+    Exit 1 when a record is damaged or has a label outside [0, num_classes); sizes, channels and
+    empty classes are warnings (training resizes or skips them: data.on_wrong_size).
+    """
     global _DS
     ds = RecordDataset(args.data, strict_labels=False)
     _DS = ds
+    size = expected_size(ds)
     spans = [(lo, min(lo + 256, ds.num_images)) for lo in range(0, ds.num_images, 256)]
-    corrupt: List[int] = []
+    problems: dict = {k: [] for k in KINDS}
     bar = tqdm(total=ds.num_images, desc="decoding", unit="img", disable=None, leave=False)
-    if args.workers <= 1:
-        results = map(_check_range, spans)
-    else:
-        pool = _pool(args.workers)
-        results = pool.imap(_check_range, spans)
-    for span, bad in zip(spans, results):
-        corrupt.extend(bad)
+    pool = _pool(args.workers) if args.workers > 1 else None
+    for span, found in zip(spans, pool.imap(_check_range, spans) if pool else map(_check_range, spans)):
+        for i, kind, detail in found:
+            problems[kind].append((i, detail))
         bar.update(span[1] - span[0])
     bar.close()
-    if args.workers > 1:
+    if pool:
         pool.close()
         pool.join()
-    for name, idx, what in (("corrupt", corrupt, "does not decode"),
-                            ("out-of-range", ds.bad_labels, f"label outside [0, {ds.num_classes})")):
-        for i in list(idx)[:args.show]:
-            print(f"{name}: record {ds.keys[i]} (image {i}): {what}" +
-                  (f" (label {ds.labels[i]})" if name == "out-of-range" else ""))
-        if len(idx) > args.show:
-            print(f"... and {len(idx) - args.show} more {name} records")
-    problems = len(corrupt) + len(ds.bad_labels)
-    print(f"{ds.path}: {ds.num_images} images, {ds.num_classes} classes, {len(corrupt)} corrupt, "
-          f"{len(ds.bad_labels)} with out-of-range labels: {'FAILED' if problems else 'ok'}")
-    return 1 if problems else 0
+    problems["out-of-range label"] = [(int(i), f"label {ds.labels[i]} outside [0, {ds.num_classes})")
+                                      for i in ds.bad_labels]
+    want = {"wrong size": f"{size[1]}x{size[0]} (WxH, {'property' if ds.image_size else 'the training input'})",
+            "wrong channels": "3 channels (RGB)"}
+    for kind, items in problems.items():
+        for i, detail in items[:args.show]:
+            extra = f", expected {want[kind]}" if kind in want else ""
+            print(f"{kind}: record {ds.keys[i]} (image {i}): {detail}{extra}")
+        if len(items) > args.show:
+            print(f"... and {len(items) - args.show} more {kind} records")
+    if ds.image_size and tuple(ds.image_size) != (112, 112):
+        print(f"note: {ds.property_path} says {ds.image_size[1]}x{ds.image_size[0]}; training resizes every image "
+              "to 112x112")
+    if ds.empty_classes:
+        origin = "property" if ds.property_path.is_file() else "largest label + 1, no property file"
+        print(f"empty classes: {ds.empty_classes} of {ds.num_classes} classes ({origin}) have no image")
+    failed = len(problems["damaged"]) + len(problems["out-of-range label"])
+    warned = len(problems["wrong size"]) + len(problems["wrong channels"]) + ds.empty_classes
+    counts = ", ".join(f"{len(v)} {k}" for k, v in problems.items())
+    verdict = "FAILED" if failed else f"ok with {warned} warning(s)" if warned else "ok"
+    print(f"{ds.path}: {ds.num_images} images, {ds.num_classes} classes, {counts}, {ds.empty_classes} empty "
+          f"classes: {verdict}")
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------- build
@@ -144,17 +173,17 @@ def _list_file(lst: Path, root: Path) -> Tuple[List[Tuple[int, Path]], int]:
     return items, max(label for label, _ in items) + 1
 
 
-def _encode_one(job: Tuple[str, int, int, bool]) -> Optional[bytes]:
+def _encode_one(job: Tuple[str, int, int, bool]) -> "bytes | str":
     """Bytes to store for one source image: its own bytes if it decodes at the target size, else
-    a resized (or --reencode) JPEG; None if it does not decode."""
+    a resized (or --reencode) JPEG; a str saying why when it is unreadable or damaged."""
     path, size, quality, reencode = job
     try:
         raw = Path(path).read_bytes()
-    except OSError:
-        return None
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    except OSError as e:
+        return f"not readable ({e.strerror or e})"
+    img, fault, _ = decode_checked(raw)
     if img is None:
-        return None
+        return fault
     if img.shape[:2] == (size, size) and not reencode:
         return raw
     if img.shape[:2] != (size, size):
@@ -183,9 +212,9 @@ def cmd_build(args) -> int:
     with InsightfaceWriter(out, num_classes, (args.size, args.size)) as writer:
         for (label, path), data in zip(items, results):
             bar.update()
-            if data is None:
+            if isinstance(data, str):
                 skipped += 1
-                print(f"warning: skipped {path}: not a readable image", file=sys.stderr)
+                print(f"warning: skipped {path}: {data}", file=sys.stderr)
                 continue
             writer.add(data, label)
     bar.close()
@@ -247,6 +276,35 @@ def cmd_shuffle(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- pairs
+def cmd_pairs(args) -> int:
+    """Write a .bin of the pairs listed one per line: 'image_a image_b 1' (same person) or '... 0'."""
+    from pfc_mx.data.verification_bin import write_bin
+
+    lst = Path(args.pairs)
+    if not lst.is_file():
+        raise DatasetError(f"{lst}: no such pairs list")
+    root = Path(args.root) if args.root else lst.parent
+    images, issame = [], []
+    for n, line in enumerate(lst.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 3 or fields[2] not in ("0", "1"):
+            raise DatasetError(f"{lst}:{n}: expected 'image_a image_b 1|0', got {line!r}")
+        for name in fields[:2]:
+            data = _encode_one((str(root / name), args.size, 95, False))
+            if isinstance(data, str):
+                raise DatasetError(f"{lst}:{n}: {root / name}: {data}")
+            images.append(data)
+        issame.append(fields[2] == "1")
+    if not issame:
+        raise DatasetError(f"{lst}: no pairs listed")
+    write_bin(args.out, images, issame)
+    print(f"wrote {args.out}: {len(issame)} pairs ({sum(issame)} same, {len(issame) - sum(issame)} different)")
+    return 0
+
+
 # ---------------------------------------------------------------- synth
 def cmd_synth(args) -> int:
     from pfc_mx.data.synthetic import generate
@@ -260,50 +318,56 @@ def cmd_synth(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="counts, class histogram, sampled image sizes")
     p.add_argument("data")
-    p.add_argument("--sample", type=int, default=200, help="images decoded for the size summary")
-    p = sub.add_parser("validate", help="read and decode every record; exit 1 on corrupt or out-of-range ones")
+    p.add_argument("--sample", type=positive_int, default=200, help="images decoded for the size summary")
+    p = sub.add_parser("validate", help="read and decode every record: damaged ones (exit 1), out-of-range labels "
+                       "(exit 1), sizes, channels, empty classes")
     p.add_argument("data")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--show", type=int, default=20, help="problems listed per kind")
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--show", type=non_negative_int, default=20, help="problems listed per kind")
     p = sub.add_parser("build", help="image folder or im2rec list -> insightface layout")
     p.add_argument("src", nargs="?", help="folder with one sub-folder per identity (sorted names -> class ids)")
     p.add_argument("out", help="output folder (train.rec, train.idx, property)")
     p.add_argument("--list", help="im2rec list file 'index<TAB>label<TAB>path' instead of SRC")
     p.add_argument("--root", help="folder the list's paths are relative to (default: the list's folder)")
-    p.add_argument("--size", type=int, default=112, help="images of another size are resized to SIZE×SIZE")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    p.add_argument("--size", type=int_at_least(8), default=112, help="images of another size are resized to SIZE×SIZE")
+    p.add_argument("--quality", type=quality, default=95, help="JPEG quality of re-encoded images")
     p.add_argument("--reencode", action="store_true", help="re-encode every image as JPEG (default: keep bytes)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--force", action="store_true", help="overwrite an existing train.rec")
     p = sub.add_parser("unpack", help="records -> OUT/<class>/<key>.<ext>")
     p.add_argument("data")
     p.add_argument("out")
-    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--limit", type=non_negative_int, help="only the first N images")
     p = sub.add_parser("shuffle", help="records in a seeded random order into a new dataset")
     p.add_argument("data")
     p.add_argument("out", help="output folder (train.rec) or .rec path")
     p.add_argument("--layout", choices=("flat", "insightface"), default="flat")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p = sub.add_parser("pairs", help="verification pairs list -> insightface .bin")
+    p.add_argument("pairs", help="text file, one pair per line: 'image_a image_b 1|0' (1: same person)")
+    p.add_argument("out", help="the .bin to write")
+    p.add_argument("--root", help="folder the image paths are relative to (default: the list's folder)")
+    p.add_argument("--size", type=int_at_least(8), default=112, help="images of another size are resized")
     p = sub.add_parser("synth", help="synthetic face-identity dataset + held-out .bin pairs")
     p.add_argument("out")
-    p.add_argument("--identities", type=int, required=True, help="training classes")
-    p.add_argument("--images-per-identity", type=int, default=24)
+    p.add_argument("--identities", type=positive_int, required=True, help="training classes")
+    p.add_argument("--images-per-identity", type=positive_int, default=24)
     p.add_argument("--long-tail", action="store_true", help="Pareto-distributed images per class")
-    p.add_argument("--label-flip", type=float, default=0.0, help="fraction of images with a random wrong label")
-    p.add_argument("--duplicate-fraction", type=float, default=0.0,
+    p.add_argument("--label-flip", type=fraction, default=0.0, help="fraction of images with a random wrong label")
+    p.add_argument("--duplicate-fraction", type=below_one, default=0.0,
                    help="fraction of classes that are another class's identity")
-    p.add_argument("--holdout", type=int, help="held-out identities for the .bin (default identities/4)")
-    p.add_argument("--pairs", type=int, help="verification pairs (default min(600, 4·holdout))")
+    p.add_argument("--holdout", type=int_at_least(2), help="held-out identities for the .bin (default identities/4)")
+    p.add_argument("--pairs", type=int_at_least(2), help="verification pairs (default min(600, 4·holdout))")
     p.add_argument("--bin-name", default="synthetic_val")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, help="processes (default: CPU count, at most 8)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=positive_int, help="processes (default: CPU count, at most 8)")
     args = parser.parse_args(argv)
     return {"inspect": cmd_inspect, "validate": cmd_validate, "build": cmd_build, "unpack": cmd_unpack,
-            "shuffle": cmd_shuffle, "synth": cmd_synth}[args.command](args)
+            "shuffle": cmd_shuffle, "synth": cmd_synth, "pairs": cmd_pairs}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,16 @@ an anonymous shared memory map; only indices travel through the queues. num_work
 does the same work in the calling process. Batch k of an epoch depends only on
 (seed, epoch, k, rank), never on the number of workers, so runs and resumes are reproducible.
 
-A record that does not decode is skipped with a warning, counted and replaced by a
+A damaged record (one that does not decode, a JPEG or PNG cut short, decoder warnings:
+pfc_mx.data.integrity) is skipped with a warning naming why, counted and replaced by a
 spare record of the same rank's epoch shard (drawn from the same seed), so batch shapes
 stay fixed. More distinct corrupt records in one epoch than max_corrupt_fraction of the
 images the rank reads per epoch stops the run with DatasetError; `corrupt` keeps every
-corrupt record met. Workers ignore SIGINT and SIGTERM: the trainer decides when to stop
-(a preemption signal sent to the whole process group must not kill them under it).
+corrupt record met. Images of another size or channel count than 112x112x3 are resized
+(on_wrong_size "resize"), replaced like damaged ones ("skip") or stop the run ("error");
+`wrong_size` keeps them, and a sample of headers is checked when the loader opens.
+Workers ignore SIGINT and SIGTERM: the trainer decides when to stop (a preemption signal
+sent to the whole process group must not kill them under it).
 """
 from __future__ import annotations
 
@@ -34,51 +38,44 @@ import cv2
 import numpy as np
 
 from pfc_mx.data import augment
+from pfc_mx.data.checks import IMAGE_SIZE, WRONG_SIZE_POLICIES, check_sample, decode
 from pfc_mx.data.recordio import RecordDataset, unpack_header
 from pfc_mx.data.sampler import ShardedSampler
 from pfc_mx.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 112
 NUM_SPARES = 8  # replacement candidates per batch for corrupt records
 _POLL_S = 1.0
 
 
-def decode(dataset: RecordDataset, i: int, size: int = IMAGE_SIZE) -> Optional[np.ndarray]:
-    """Image i as (size, size, 3) uint8 RGB, or None if its record does not decode."""
-    try:
-        _, _, data = unpack_header(dataset.read_raw(i))
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except (DatasetError, ValueError, cv2.error):
-        return None
-    if img is None:
-        return None
-    if img.shape[:2] != (size, size):
-        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-        img = cv2.resize(img, (size, size), interpolation=interp)
-    return img[:, :, ::-1]
-
-
 def load_batch(dataset: RecordDataset, indices: np.ndarray, spares: np.ndarray, out: np.ndarray,
-               key: Tuple[int, ...], mirror: bool, color_jitter: float) -> Tuple[np.ndarray, List[int]]:
+               key: Tuple[int, ...], mirror: bool, color_jitter: float,
+               on_wrong_size: str = "resize") -> Tuple[np.ndarray, Dict[int, str], Dict[int, str]]:
     """Decode + augment images `indices` (B,) into out (B, 3, S, S) uint8.
 
-    Returns (used (B,) image indices actually placed, after replacing corrupt ones from
-    `spares`, corrupt image indices met). key seeds the augmentation.
+    Returns (used (B,) image indices actually placed, after replacing damaged (or, with
+    on_wrong_size "skip", wrongly sized) ones from `spares`; {damaged image index: why};
+    {image index of another size or channel count: its 'WxHxC'}). key seeds the augmentation.
     """
     used = np.array(indices, np.int64)
-    corrupt: List[int] = []
+    corrupt: Dict[int, str] = {}
+    wrong: Dict[int, str] = {}
     spare_iter = iter(spares.tolist())
     missing = []
+    size = out.shape[-1]
     for pos, i in enumerate(indices.tolist()):
-        img = decode(dataset, i, out.shape[-1])
-        while img is None:
-            corrupt.append(i)
+        while True:
+            img, fault, shape = decode(dataset, i, size, on_wrong_size)
+            if shape:
+                wrong[i] = shape
+            if img is not None:
+                break
+            if fault:
+                corrupt[i] = fault
             i = next(spare_iter, None)
             if i is None:
                 break
-            img = decode(dataset, i, out.shape[-1])
         if img is None:
             missing.append(pos)
             continue
@@ -88,18 +85,18 @@ def load_batch(dataset: RecordDataset, indices: np.ndarray, spares: np.ndarray, 
         good = np.setdiff1d(np.arange(len(indices)), missing)
         if good.size == 0:
             raise DatasetError(f"{dataset.path}: no image of a batch of {len(indices)} (and {len(spares)} spares) "
-                               "decodes")
+                               "decodes" + (f" at {size}x{size}x3 (data.on_wrong_size: skip)" if wrong else ""))
         for n, pos in enumerate(missing):
             src = good[n % good.size]
             out[pos], used[pos] = out[src], used[src]
     params = augment.draw(np.random.default_rng(list(key)), len(indices), mirror, color_jitter)
     out[...] = augment.apply(out, params)
-    return used, sorted(set(corrupt))
+    return used, corrupt, wrong
 
 
 def _worker(dataset: RecordDataset, slots: np.ndarray, tasks, results, parent: int, mirror: bool,
-            jitter: float) -> None:
-    """Worker process loop: (task id, slot, indices, spares, key) → (task id, used, corrupt, error)."""
+            jitter: float, on_wrong_size: str) -> None:
+    """Worker process loop: (task id, slot, indices, spares, key) → (task id, used, corrupt, wrong, error)."""
     cv2.setNumThreads(1)
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
@@ -114,10 +111,24 @@ def _worker(dataset: RecordDataset, slots: np.ndarray, tasks, results, parent: i
             return
         tid, slot, indices, spares, key = task
         try:
-            used, corrupt = load_batch(dataset, indices, spares, slots[slot, :len(indices)], key, mirror, jitter)
-            results.put((tid, used, corrupt, None))
+            used, corrupt, wrong = load_batch(dataset, indices, spares, slots[slot, :len(indices)], key, mirror,
+                                              jitter, on_wrong_size)
+            results.put((tid, used, corrupt, wrong, None))
         except Exception as e:  # reported to the parent, which raises it
-            results.put((tid, None, None, e if isinstance(e, DatasetError) else RuntimeError(repr(e))))
+            results.put((tid, None, None, None, e if isinstance(e, DatasetError) else
+                         RuntimeError(f"data loader worker failed: {e!r}")))
+
+
+def exit_reason(code: Optional[int]) -> str:
+    """How a process ended, in words: 'exit code 3', 'killed by SIGKILL (...)'."""
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = ": out of memory? (the kernel's OOM killer sends SIGKILL; see dmesg)" if -code == signal.SIGKILL else ""
+    return f"killed by {name}{hint}"
 
 
 class RecordLoader:
@@ -125,12 +136,17 @@ class RecordLoader:
 
     def __init__(self, dataset: RecordDataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  num_workers: int = 2, mirror: bool = True, color_jitter: float = 0.0, prefetch: int = 4,
-                 max_corrupt_fraction: float = 0.02):
+                 max_corrupt_fraction: float = 0.02, on_wrong_size: str = "resize"):
         self.dataset = dataset
         self.sampler = ShardedSampler(dataset.num_images, batch_size, rank, world_size, seed)
         self.batch_size, self.rank, self.seed = batch_size, rank, seed
         self.num_workers, self.mirror, self.color_jitter = int(num_workers), bool(mirror), float(color_jitter)
         self.max_corrupt_fraction = float(max_corrupt_fraction)
+        if on_wrong_size not in WRONG_SIZE_POLICIES:
+            raise ValueError(f"on_wrong_size must be one of {WRONG_SIZE_POLICIES}, got {on_wrong_size!r}")
+        self.on_wrong_size = on_wrong_size
+        self.wrong_size: Dict[int, str] = {}  # every distinct image of another size or channel count met: 'WxHxC'
+        check_sample(dataset, IMAGE_SIZE, on_wrong_size)
         self.corrupt: Set[int] = set()  # every distinct corrupt record met (image indices)
         self._epoch_corrupt: Set[int] = set()  # those met in the current epoch
         self._generation = 0
@@ -162,7 +178,7 @@ class RecordLoader:
         for n in range(self.num_workers):
             p = ctx.Process(target=_worker, name=f"pfc-loader-{self.rank}-{n}", daemon=True,
                             args=(self.dataset, self._slots, self._tasks, self._results, os.getpid(),
-                                  self.mirror, self.color_jitter))
+                                  self.mirror, self.color_jitter, self.on_wrong_size))
             p.start()
             self._workers.append(p)
 
@@ -201,8 +217,10 @@ class RecordLoader:
             out = self._slots[0]
             for step, indices in zip(steps, plan):
                 self._check_current(generation)
-                used, corrupt = load_batch(self.dataset, indices, self._spares(epoch, step, shard), out,
-                                           (self.seed, epoch, step, self.rank), self.mirror, self.color_jitter)
+                used, corrupt, wrong = load_batch(self.dataset, indices, self._spares(epoch, step, shard), out,
+                                                  (self.seed, epoch, step, self.rank), self.mirror,
+                                                  self.color_jitter, self.on_wrong_size)
+                self._note_wrong(wrong)
                 self._note_corrupt(corrupt, used)
                 yield out.copy(), self.dataset.labels[used]
             return
@@ -221,13 +239,14 @@ class RecordLoader:
                 submitted.append(tid)
                 next_submit += 1
             tid = submitted[n]
-            used, corrupt, error = self._wait(tid)
+            used, corrupt, wrong, error = self._wait(tid)
             slot = self._inflight.pop(tid)
             if error is None:
                 images = self._slots[slot].copy()
             self._free.append(slot)
             if error is not None:
                 raise error
+            self._note_wrong(wrong)
             self._note_corrupt(corrupt, used)
             yield images, self.dataset.labels[used]
 
@@ -243,7 +262,7 @@ class RecordLoader:
             except queue.Empty:
                 dead = [p for p in self._workers if not p.is_alive()]
                 if dead:
-                    raise RuntimeError(f"data loader worker {dead[0].name} died (exit code {dead[0].exitcode})")
+                    raise RuntimeError(f"data loader worker {dead[0].name} died ({exit_reason(dead[0].exitcode)})")
                 continue
             self._done[got[0]] = got[1:]
         return self._done.pop(tid)
@@ -254,11 +273,24 @@ class RecordLoader:
             self._wait(tid)
             self._free.append(self._inflight.pop(tid))
 
-    def _note_corrupt(self, corrupt: List[int], used: np.ndarray) -> None:
+    def _note_wrong(self, wrong: Dict[int, str]) -> None:
+        """Log the first few images of another size or channel count met, then every 1000th."""
+        for i, shape in wrong.items():
+            if i in self.wrong_size:
+                continue
+            self.wrong_size[i] = shape
+            n = len(self.wrong_size)
+            if n <= 5 or n % 1000 == 0:
+                what = "resized" if self.on_wrong_size == "resize" else "skipped"
+                log.warning("%s record %d (image %d) of %s: it is %s (WxHxC), not %dx%dx3 (data.on_wrong_size %s; "
+                            "%d such image(s) so far)", what, self.dataset.keys[i], i, self.dataset.path, shape,
+                            IMAGE_SIZE, IMAGE_SIZE, self.on_wrong_size, n)
+
+    def _note_corrupt(self, corrupt: Dict[int, str], used: np.ndarray) -> None:
         new = [i for i in corrupt if i not in self.corrupt]
         for i in new:
-            log.warning("skipping corrupt record %d (image %d) of %s: it does not decode; replaced by a spare",
-                        self.dataset.keys[i], i, self.dataset.path)
+            log.warning("skipping corrupt record %d (image %d) of %s: %s; replaced by a spare",
+                        self.dataset.keys[i], i, self.dataset.path, corrupt[i])
         self.corrupt.update(new)
         fresh = [i for i in corrupt if i not in self._epoch_corrupt]
         self._epoch_corrupt.update(fresh)

@@ -241,6 +241,11 @@ class RecordDataset:
         self.labels = self.labels.astype(np.int32)
         good = self.labels[self.labels < self.num_classes]
         self.class_counts = np.bincount(good, minlength=self.num_classes)
+        self.empty_classes = int((self.class_counts == 0).sum())
+        if self.empty_classes and prop_classes is None:
+            log.warning("%s: no %s file, so num_classes = largest label + 1 = %d, and %d of those classes have no "
+                        "image (labels should be 0..C-1 without gaps; write a property file or relabel)", self.path,
+                        self.property_path.name, self.num_classes, self.empty_classes)
         log.debug("opened %s: %s layout, %d images, %d classes", self.path, self.layout, self.num_images,
                   self.num_classes)
 

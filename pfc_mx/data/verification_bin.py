@@ -12,7 +12,7 @@ import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -40,6 +40,37 @@ def _decode(item, size: Tuple[int, int]) -> np.ndarray:
     if img.shape[:2] != (h, w):
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR)
     return img[:, :, ::-1].transpose(2, 0, 1)
+
+
+def is_name(target: str) -> bool:
+    """A bare set name ('lfw'), not a path ('data/lfw.bin', '/data/lfw.bin', 'lfw.bin')."""
+    return "/" not in target and os.sep not in target and not target.endswith(".bin")
+
+
+def find_bins(targets: Sequence[str], beside: Optional[Path] = None, what: str = "") -> List[Path]:
+    """The `.bin` files that targets name: a name is `<beside>/<name>.bin`, a folder stands for its
+    *.bin, anything else is a file path. DatasetError (one line, prefixed by `what`) for one not found."""
+    files: List[Path] = []
+    prefix = f"{what}: " if what else ""
+    for target in map(str, targets):
+        if is_name(target) and beside is not None:
+            path = beside / f"{target}.bin"
+            if not path.is_file():
+                raise DatasetError(f"{prefix}{target}: no {path.name} beside the rec in {beside} (give names of "
+                                   ".bin files there, paths to .bin files, or [] for none)")
+            files.append(path)
+            continue
+        path = Path(target)
+        if path.is_dir():
+            found = sorted(path.glob("*.bin"))
+            if not found:
+                raise DatasetError(f"{prefix}{path}: no .bin files in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DatasetError(f"{prefix}{path}: verification set not found")
+    return files
 
 
 def load_bin(path: "str | os.PathLike", image_size: Tuple[int, int] = (112, 112)) -> Tuple[np.ndarray, np.ndarray]:

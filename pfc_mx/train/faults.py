@@ -167,6 +167,8 @@ def raise_if_any(local: Optional[BaseException]) -> None:
     if not failed:
         return
     rank, (kind, message) = failed[0]
+    if local is not None and rank != dist.rank():  # keep this rank's own reason in its log (rank r's is raised)
+        log.error("rank %d failed too: %s: %s", dist.rank(), mine[0], mine[1])
     if local is not None and rank == dist.rank():
         raise local
     cls = getattr(errors, kind, None)

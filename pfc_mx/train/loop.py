@@ -183,7 +183,8 @@ class Run:
         self.loader = RecordLoader(dataset, cfg.data.batch_size, rank=rank, world_size=world, seed=cfg.seed,
                                    num_workers=cfg.data.num_workers, mirror=cfg.data.mirror,
                                    color_jitter=cfg.data.color_jitter,
-                                   max_corrupt_fraction=cfg.data.max_corrupt_fraction)
+                                   max_corrupt_fraction=cfg.data.max_corrupt_fraction,
+                                   on_wrong_size=cfg.data.on_wrong_size)
         self.global_batch = self.loader.sampler.global_batch
         if self.loader.batches_per_epoch == 0:
             raise ConfigError(f"{dataset.num_images} images are too few for {world} ranks × batch "
@@ -385,10 +386,17 @@ class Run:
             keys = ", ".join(str(self.loader.dataset.keys[i]) for i in corrupt[:10])
             log.warning("skipped %d corrupt image(s) of %s (records %s%s)", len(corrupt), self.loader.dataset.path,
                         keys, ", ..." if len(corrupt) > 10 else "")
+        wrong = sorted(set().union(*dist.allgather_object(sorted(self.loader.wrong_size))))
+        if wrong:
+            keys = ", ".join(str(self.loader.dataset.keys[i]) for i in wrong[:10])
+            log.warning("%s %d image(s) of %s that are not 112x112x3 (records %s%s; data.on_wrong_size %s)",
+                        "resized" if self.cfg.data.on_wrong_size == "resize" else "skipped", len(wrong),
+                        self.loader.dataset.path, keys, ", ..." if len(wrong) > 10 else "", self.cfg.data.on_wrong_size)
         summary = {"steps": pos.step, "images": pos.images, "epochs": pos.epoch + pos.offset / self.frame.num_images,
                    "final_loss": finite_or_none(self.loss), "checkpoint": str(self.last_ckpt or ""),
                    "verification": {}, "best": self.targets.best, "output": str(self.out),
-                   "corrupt_images": len(corrupt), "nonfinite_steps": list(self.nonfinite_steps),
+                   "corrupt_images": len(corrupt), "wrong_size_images": len(wrong),
+                   "nonfinite_steps": list(self.nonfinite_steps),
                    "preempted": False}
         summary.update(extra)
         return summary

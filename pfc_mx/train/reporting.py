@@ -14,12 +14,37 @@ from pfc_mx.checkpoint import write_atomic
 log = logging.getLogger("pfc_mx.train")
 
 
+def _formatter() -> logging.Formatter:
+    return logging.Formatter(f"%(asctime)s rank{dist.rank()} %(levelname)s %(message)s", "%H:%M:%S")
+
+
+def record_fatal(message: str, output: Optional[Path] = None) -> bool:
+    """Write a message that ends the run into this rank's log file only (the caller prints it to the
+    terminal). Before the run set up its logging, into <output>/logs/rank{r}.log if that folder exists
+    (a run folder is never created just for an error). Returns whether a log file got it."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    opened = []
+    if not handlers and output is not None and (output / "logs").is_dir():
+        try:
+            opened = [logging.FileHandler(output / "logs" / f"rank{dist.rank()}.log")]
+        except OSError:
+            return False
+        opened[0].setFormatter(_formatter())
+    record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for h in handlers + opened:
+        h.handle(record)
+        h.flush()
+    for h in opened:
+        h.close()
+    return bool(handlers + opened)
+
+
 def setup_logging(output: Path) -> Path:
     """Log to <output>/logs/rank{r}.log on every rank and to the console on rank 0. Returns the log path."""
     logs = output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"rank{dist.rank()}.log"
-    fmt = logging.Formatter(f"%(asctime)s rank{dist.rank()} %(levelname)s %(message)s", "%H:%M:%S")
+    fmt = _formatter()
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for h in list(root.handlers):  # the run owns its logging: drop earlier console handlers

@@ -16,7 +16,7 @@ import numpy as np
 
 from pfc_mx import dist
 from pfc_mx.config import EvalConfig
-from pfc_mx.data.verification_bin import load_bin
+from pfc_mx.data.verification_bin import find_bins, load_bin
 from pfc_mx.evaluation.verification import embed, ten_fold_accuracy
 
 log = logging.getLogger("pfc_mx.train")
@@ -41,15 +41,15 @@ class VerificationTargets:
     best: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def find(cls, rec: Path, names: List[str]) -> "VerificationTargets":
+    def find(cls, rec: Path, targets: List[str]) -> "VerificationTargets":
+        """Load eval.targets: names of .bin files beside the rec, paths to .bin files, or folders of them.
+
+        DatasetError (one line) when one cannot be found or read.
+        """
         folder = rec if rec.is_dir() else rec.parent
         sets = {}
-        for name in names:
-            path = folder / f"{name}.bin"
-            if path.is_file():
-                sets[name] = load_bin(path)
-            else:
-                log.warning("verification target %s not found beside the rec (%s): skipped", name, path)
+        for path in find_bins(targets, folder, what="eval.targets"):
+            sets[path.stem] = load_bin(path)
         return cls(sets)
 
     def evaluate(self, net: Any, ctx: mx.Context, cfg: EvalConfig, reporter: Any, step: int) -> Dict[str, float]:
