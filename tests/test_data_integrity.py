@@ -168,7 +168,7 @@ def test_loader_skips_counts_and_names_damaged_records(tmp_path, workers, caplog
     with caplog.at_level(logging.WARNING), RecordLoader(ds, 8, num_workers=workers, max_corrupt_fraction=0.2) as ld:
         for _ in ld.epoch(0):
             pass
-        assert sorted(ld.corrupt) == [3, 11, 19]
+        assert ld.state()["corrupt_records"] == [3, 11, 19]
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "corrupt record 3 (image 3)" in said and "truncated" in said
 
@@ -189,11 +189,11 @@ def test_wrong_sizes_are_resized_and_counted_skipped_or_refused(tmp_path, caplog
     with caplog.at_level(logging.WARNING), RecordLoader(ds, 4, num_workers=0) as ld:
         assert "4 of 12 sampled images are not 112x112x3" in caplog.text
         batches = [x for x, _ in ld.epoch(0)]
-        assert ld.wrong_size == {2: "200x150x3", 5: "56x56x3", 8: "112x112x1", 11: "112x96x3"}
+        assert ld.health.wrong_size == {2: "200x150x3", 5: "56x56x3", 8: "112x112x1", 11: "112x96x3"}
         assert all(b.shape == (4, 3, 112, 112) for b in batches)
     with RecordLoader(ds, 4, num_workers=0, on_wrong_size="skip", max_corrupt_fraction=0) as ld:
         used = np.concatenate([y for _, y in ld.epoch(0)])
-        assert len(ld.wrong_size) == 4 and not ld.corrupt and len(used) == 12
+        assert len(ld.health.wrong_size) == 4 and not ld.health.corrupt and len(used) == 12
     with pytest.raises(DatasetError, match=r"4 of 12 sampled images are not 112x112x3 .*record 3 is 200x150x3"):
         RecordLoader(ds, 4, num_workers=0, on_wrong_size="error")
 

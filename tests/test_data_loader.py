@@ -130,9 +130,9 @@ def test_corrupt_jpeg_is_skipped_counted_and_replaced(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="pfc_mx.data.loader")
     with RecordLoader(ds, 8, seed=1, num_workers=2, max_corrupt_fraction=0.05) as loader:
         batches = collect(loader, 0)  # 5 steps of 8 use every record, the corrupt one included
-        assert loader.corrupt_count == 1
+        assert loader.state()["corrupt_records"] == [7]
         collect(loader, 1)
-        assert loader.corrupt_count == 1  # distinct records, not occurrences
+        assert loader.state()["corrupt_records"] == [7]  # distinct records, not occurrences
     assert all(x.shape == (8, 3, 112, 112) for x, _ in batches)
     seen = np.concatenate([index_of(x) for x, _ in batches])
     assert 7 not in seen and len(seen) == 40
@@ -165,13 +165,16 @@ def test_corrupt_records_met_before_a_resume_count_toward_the_epoch_budget(tmp_p
         batches = loader.epoch(0)
         for _ in range(3):
             next(batches)
-        assert loader.epoch_corrupt == sorted([first, second])
+        saved = loader.state()  # what a checkpoint after step 3 keeps of this rank
+        assert saved["corrupt_in_epoch"] == saved["corrupt_records"] == sorted([first, second])
     with RecordLoader(ds, 8, seed=2, num_workers=0, max_corrupt_fraction=0.05) as resumed:
+        resumed.restore(saved)
         with pytest.raises(DatasetError, match=r"3 corrupt records exceed"):
-            list(resumed.epoch(0, start_step=3, met=[first, second]))
+            list(resumed.epoch(0, start_step=3))
     with RecordLoader(ds, 8, seed=2, num_workers=0, max_corrupt_fraction=0.05) as unaware:
-        assert len(list(unaware.epoch(0, start_step=3, met=[10_000]))) == 2  # not in the shard: not counted
-        assert unaware.epoch_corrupt == [third]
+        unaware.restore({"corrupt_in_epoch": [10_000]})  # not in the shard: not counted
+        assert len(list(unaware.epoch(0, start_step=3))) == 2
+        assert unaware.state()["corrupt_in_epoch"] == [third]
 
 
 def test_a_new_epoch_supersedes_an_abandoned_iterator(ds):

@@ -14,7 +14,8 @@ import pytest
 
 from pfc_mx import checkpoint
 from pfc_mx.config import load_config
-from pfc_mx.train.faults import EXIT_PREEMPTED, INJECT_STOP
+from pfc_mx.train.faults import EXIT_PREEMPTED
+from pfc_mx.train.injection import INJECT_STOP
 from pfc_mx.train.reporting import read_metrics
 from pfc_mx.train.schedule import make_schedule
 from tests.ranks import ROOT, launch, rank_env

@@ -29,7 +29,7 @@ import pytest
 from pfc_mx import checkpoint
 from pfc_mx.data import RecordDataset
 from pfc_mx.errors import ConfigError
-from pfc_mx.train import faults
+from pfc_mx.train import faults, injection
 from tests.ranks import (ROOT, exit_codes, finish, horovodrun_command, kill_tree, launch, rank_env, rank_pids,
                          recording_exit_codes, spawn)
 
@@ -578,7 +578,7 @@ def test_broken_index_or_label_stops_before_training_naming_it(data, tmp_path, d
 # ---------------------------------------------------------------- 6. numerical faults
 @pytest.mark.dist
 def test_nonfinite_steps_are_skipped_up_to_the_budget_then_stop_keeping_the_last_good_checkpoint(data, jobs):
-    job = jobs(data, "optim.skip_nonfinite=2", env={faults.INJECT_NONFINITE: "3:loss,5:grad,6:loss"})
+    job = jobs(data, "optim.skip_nonfinite=2", env={injection.INJECT_NONFINITE: "3:loss,5:grad,6:loss"})
     assert job.finish(300) == {0: USER_ERROR, 1: USER_ERROR}
     message = ("non-finite loss (nan) at step 6 after 2 skipped (optim.skip_nonfinite 2, steps 3, 5); "
                "the last good checkpoint step-00000004 is kept")
@@ -596,7 +596,7 @@ def test_nonfinite_gradient_stops_at_once_by_default(data, tmp_path):
     out = tmp_path / "run"
     r = subprocess.run(TRAIN + overrides(data, out, "optim.max_steps=4", "output.checkpoint_every=1"), cwd=ROOT,
                        capture_output=True, text=True, timeout=300,
-                       env=rank_env({faults.INJECT_NONFINITE: "3:grad"}))
+                       env=rank_env({injection.INJECT_NONFINITE: "3:grad"}))
     assert r.returncode == USER_ERROR and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1] == ("error: non-finite backbone gradient at step 3; "
                                                  "the last good checkpoint step-00000002 is kept")
@@ -604,7 +604,13 @@ def test_nonfinite_gradient_stops_at_once_by_default(data, tmp_path):
 
 
 def test_injection_spec_is_parsed_or_rejected():
-    assert faults.injected_nonfinite("3, 5:grad,7:loss") == {3: "loss", 5: "grad", 7: "loss"}
-    assert faults.injected_nonfinite("") == {}
+    assert injection.parse_nonfinite("3, 5:grad,7:loss") == {3: "loss", 5: "grad", 7: "loss"}
+    assert injection.parse_nonfinite("") == {}
     with pytest.raises(ConfigError, match="expected steps like 3,5:grad"):
-        faults.injected_nonfinite("3:weights")
+        injection.parse_nonfinite("3:weights")
+    hooks = injection.Injection.from_env({injection.INJECT_NONFINITE: "3:grad", injection.INJECT_STOP: " 4 "})
+    assert (hooks.nonfinite_at(3, last_rank=True), hooks.nonfinite_at(3, last_rank=False)) == ("grad", None)
+    assert [hooks.stop_after(n) for n in (3, 4)] == [None, "PFC_MX_INJECT_STOP=4"]
+    assert injection.Injection.from_env({}).stop_after(0) is None
+    with pytest.raises(ConfigError, match="expected a step number"):
+        injection.Injection.from_env({injection.INJECT_STOP: "-1"})

@@ -16,10 +16,11 @@ A damaged record (one that does not decode, a JPEG or PNG cut short, decoder war
 pfc_mx.data.integrity) is skipped with a warning naming why, counted and replaced by a
 spare record of the same rank's epoch shard (drawn from the same seed), so batch shapes
 stay fixed. More distinct corrupt records in one epoch than max_corrupt_fraction of the
-images the rank reads per epoch stops the run with DatasetError; `corrupt` keeps every
-corrupt record met. Images of another size or channel count than 112x112x3 are resized
-(on_wrong_size "resize"), replaced like damaged ones ("skip") or stop the run ("error");
-`wrong_size` keeps them, and a sample of headers is checked when the loader opens.
+images the rank reads per epoch stops the run with DatasetError. Images of another size or
+channel count than 112x112x3 are resized (on_wrong_size "resize"), replaced like damaged
+ones ("skip") or stop the run ("error"); a sample of headers is checked when the loader
+opens. `health` (pfc_mx.data.health) keeps both kinds; `state()`/`restore()` carry it
+through a checkpoint.
 Workers ignore SIGINT and SIGTERM: the trainer decides when to stop (a preemption signal
 sent to the whole process group must not kill them under it).
 """
@@ -32,16 +33,16 @@ import os
 import queue
 import signal
 import sys
-from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from pfc_mx.data import augment
 from pfc_mx.data.checks import IMAGE_SIZE, WRONG_SIZE_POLICIES, check_sample, decode
+from pfc_mx.data.health import DataHealth
 from pfc_mx.data.recordio import RecordDataset, unpack_header
 from pfc_mx.data.sampler import ShardedSampler
-from pfc_mx.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,11 @@ class RecordLoader:
         self.sampler = ShardedSampler(dataset.num_images, batch_size, rank, world_size, seed)
         self.batch_size, self.rank, self.seed = batch_size, rank, seed
         self.num_workers, self.mirror, self.color_jitter = int(num_workers), bool(mirror), float(color_jitter)
-        self.max_corrupt_fraction = float(max_corrupt_fraction)
         if on_wrong_size not in WRONG_SIZE_POLICIES:
             raise ValueError(f"on_wrong_size must be one of {WRONG_SIZE_POLICIES}, got {on_wrong_size!r}")
         self.on_wrong_size = on_wrong_size
-        self.wrong_size: Dict[int, str] = {}  # every distinct image of another size or channel count met: 'WxHxC'
         check_sample(dataset, IMAGE_SIZE, on_wrong_size)
-        self.corrupt: Set[int] = set()  # every distinct corrupt record met (image indices)
-        self._epoch_corrupt: Set[int] = set()  # those met in the current epoch
+        self.health = DataHealth(dataset, self.batches_per_epoch * batch_size, max_corrupt_fraction, on_wrong_size)
         self._generation = 0
         self._next_tid = 0
         self._inflight: Dict[int, int] = {}  # task id -> slot
@@ -166,10 +164,14 @@ class RecordLoader:
     def batches_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch
 
-    @property
-    def corrupt_count(self) -> int:
-        """Distinct records skipped as corrupt so far by this loader."""
-        return len(self.corrupt)
+    def state(self) -> Dict[str, List[int]]:
+        """This rank's damaged and wrongly sized images so far (DataHealth.state); merge ranks' with
+        pfc_mx.data.health.merge."""
+        return self.health.state()
+
+    def restore(self, state: Dict[str, Any], mid_epoch: bool = True) -> None:
+        """Resume from a checkpoint's merged state (DataHealth.restore)."""
+        self.health.restore(state, mid_epoch)
 
     def _start_workers(self) -> None:
         method = "fork" if sys.platform.startswith("linux") else None
@@ -182,28 +184,19 @@ class RecordLoader:
             p.start()
             self._workers.append(p)
 
-    def epoch(self, epoch: int, start_step: int = 0, met: Iterable[int] = (),
-              offset: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    def epoch(self, epoch: int, start_step: int = 0, offset: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Iterator over the batches of `epoch` from `start_step` on; a new call supersedes an older iterator.
 
         offset: images of the epoch's order trained before this iterator (a resume, perhaps on
         another number of ranks): its batches start there (ShardedSampler.indices).
-        met: corrupt records (image indices) met earlier in this epoch, before a resume; those in
-        this rank's epoch shard count toward the epoch's max_corrupt_fraction again.
         """
         plan = self.sampler.indices(epoch, start_step, offset)
         # the rank's share of the whole epoch, cut at the same global-batch boundaries as `plan`
         first, rest = divmod(offset, self.sampler.global_batch)
         shard = self.sampler.indices(epoch, offset=rest).ravel()
         self._generation += 1
-        met = np.fromiter(met, dtype=np.int64)
-        self._epoch_corrupt = set(np.intersect1d(met, shard).tolist())
+        self.health.start_epoch(shard)
         return self._iterate(self._generation, epoch, first + start_step, plan, shard)
-
-    @property
-    def epoch_corrupt(self) -> List[int]:
-        """The distinct corrupt records met in the current epoch (image indices, sorted)."""
-        return sorted(self._epoch_corrupt)
 
     def _spares(self, epoch: int, step: int, shard: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch, step, self.rank, 1])
@@ -220,8 +213,8 @@ class RecordLoader:
                 used, corrupt, wrong = load_batch(self.dataset, indices, self._spares(epoch, step, shard), out,
                                                   (self.seed, epoch, step, self.rank), self.mirror,
                                                   self.color_jitter, self.on_wrong_size)
-                self._note_wrong(wrong)
-                self._note_corrupt(corrupt, used)
+                self.health.note_wrong_size(wrong)
+                self.health.note_corrupt(corrupt)
                 yield out.copy(), self.dataset.labels[used]
             return
         submitted: List[int] = []  # task ids in step order
@@ -246,8 +239,8 @@ class RecordLoader:
             self._free.append(slot)
             if error is not None:
                 raise error
-            self._note_wrong(wrong)
-            self._note_corrupt(corrupt, used)
+            self.health.note_wrong_size(wrong)
+            self.health.note_corrupt(corrupt)
             yield images, self.dataset.labels[used]
 
     def _check_current(self, generation: int) -> None:
@@ -272,34 +265,6 @@ class RecordLoader:
         for tid in list(self._inflight):
             self._wait(tid)
             self._free.append(self._inflight.pop(tid))
-
-    def _note_wrong(self, wrong: Dict[int, str]) -> None:
-        """Log the first few images of another size or channel count met, then every 1000th."""
-        for i, shape in wrong.items():
-            if i in self.wrong_size:
-                continue
-            self.wrong_size[i] = shape
-            n = len(self.wrong_size)
-            if n <= 5 or n % 1000 == 0:
-                what = "resized" if self.on_wrong_size == "resize" else "skipped"
-                log.warning("%s record %d (image %d) of %s: it is %s (WxHxC), not %dx%dx3 (data.on_wrong_size %s; "
-                            "%d such image(s) so far)", what, self.dataset.keys[i], i, self.dataset.path, shape,
-                            IMAGE_SIZE, IMAGE_SIZE, self.on_wrong_size, n)
-
-    def _note_corrupt(self, corrupt: Dict[int, str], used: np.ndarray) -> None:
-        new = [i for i in corrupt if i not in self.corrupt]
-        for i in new:
-            log.warning("skipping corrupt record %d (image %d) of %s: %s; replaced by a spare",
-                        self.dataset.keys[i], i, self.dataset.path, corrupt[i])
-        self.corrupt.update(new)
-        fresh = [i for i in corrupt if i not in self._epoch_corrupt]
-        self._epoch_corrupt.update(fresh)
-        limit = self.max_corrupt_fraction * self.batches_per_epoch * self.batch_size
-        if fresh and len(self._epoch_corrupt) > limit:
-            raise DatasetError(f"{self.dataset.path}: {len(self._epoch_corrupt)} corrupt records exceed "
-                               f"max_corrupt_fraction {self.max_corrupt_fraction:g} of the "
-                               f"{self.batches_per_epoch * self.batch_size} images this rank reads per epoch "
-                               f"(first: record {self.dataset.keys[min(self._epoch_corrupt)]})")
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""

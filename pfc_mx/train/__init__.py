@@ -1,4 +1,4 @@
-"""Training: the loop (loop.py), LR schedules (schedule.py), reports (reporting.py), in-training verification."""
-from pfc_mx.train.loop import train
+"""Training: the job around it (job.py), the step loop (loop.py) and the parts they use (see README's map)."""
+from pfc_mx.train.job import train
 
 __all__ = ["train"]

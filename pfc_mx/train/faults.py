@@ -1,4 +1,4 @@
-"""How a run meets faults: stop signals (preemption), lost ranks, failures on one rank, injected faults.
+"""How a run meets faults: stop signals (preemption), lost ranks, failures on one rank.
 
 Usage (what the training loop does)::
 
@@ -39,8 +39,6 @@ log = logging.getLogger("pfc_mx.train")
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
 EXIT_RANK_LOST = 69  # sysexits EX_UNAVAILABLE: another rank died or stopped answering
 STOP_FLAG = "pfc_mx.stop_flag"
-INJECT_NONFINITE = "PFC_MX_INJECT_NONFINITE"
-INJECT_STOP = "PFC_MX_INJECT_STOP"
 _exit = os._exit  # replaced in unit tests
 
 
@@ -306,28 +304,3 @@ class RankMonitor:
         sys.stderr.write(f"error: {message}\n")  # the process ends here, not in run_cli
         sys.stderr.flush()
         _exit(EXIT_RANK_LOST)
-
-
-def injected_nonfinite(spec: Optional[str] = None) -> Dict[int, str]:
-    """Test hook: PFC_MX_INJECT_NONFINITE="3,5:grad" → {3: "loss", 5: "grad"} (1-based step numbers).
-
-    At such a step the last rank multiplies its embeddings ("loss") or its embedding gradient
-    ("grad") by NaN; the collectives carry the fault to every rank, as a real one would.
-    """
-    spec = os.environ.get(INJECT_NONFINITE, "") if spec is None else spec
-    faults: Dict[int, str] = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        step, _, kind = item.partition(":")
-        if kind not in ("", "loss", "grad") or not step.isdigit():
-            raise errors.ConfigError(f"{INJECT_NONFINITE}={spec!r}: expected steps like 3,5:grad")
-        faults[int(step)] = kind or "loss"
-    return faults
-
-
-def injected_stop() -> int:
-    """Test hook: PFC_MX_INJECT_STOP=<step> stops the run at that step boundary (after <step> steps)
-    exactly as a stop signal would there: a checkpoint, then exit EXIT_PREEMPTED. 0: no stop."""
-    spec = os.environ.get(INJECT_STOP, "").strip()
-    if spec and not spec.isdigit():
-        raise errors.ConfigError(f"{INJECT_STOP}={spec!r}: expected a step number")
-    return int(spec or 0)

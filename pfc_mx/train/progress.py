@@ -1,6 +1,6 @@
 """Where a run stands, counted in training images, so that a resume on any world size keeps the schedule.
 
-The rule (docs/training.md, "Progress and elastic resume"): a run's progress is the number of
+The rule (docs/training.md, "Resume on another number of GPUs"): a run's progress is the number of
 images it has trained. The global batch of the run's first start, `base_batch` (W₀ × B₀), is
 its unit: the step counts of the config that shape the run (optim.max_steps,
 output.checkpoint_every, eval.every) and the learning-rate schedule are in steps of

@@ -21,6 +21,7 @@ from pfc_mx.config import Config
 from pfc_mx.errors import ConfigError
 from pfc_mx.partial_fc import PartialFC
 from pfc_mx.train import faults
+from pfc_mx.train.progress import Position
 from symbols.legacy import load_backbone
 
 log = logging.getLogger("pfc_mx.train")
@@ -150,3 +151,15 @@ def load(folder: Path, cfg: Config, net: gluon.HybridBlock, trainer: gluon.Train
     checkpoint.load_trainer_states(folder, trainer)
     weight, momentum = checkpoint.load_centers(folder, pfc.class_start, pfc.num_local, cfg.model.embedding_size)
     pfc.set_rows(pfc.class_start, weight, momentum)
+
+
+def describe(folder: Path, state: Dict[str, Any], start: Position, base_batch: int, global_batch: int,
+             steps_left: int, lr: float) -> str:
+    """The log line of a resume: where the run stands, what changed (world size, global batch), what is left."""
+    saved_world = state.get("world_size")
+    change = ""
+    if base_batch != global_batch or saved_world != dist.size():
+        change = (f"; saved on {saved_world} rank(s), now {dist.size()}: global batch {global_batch} "
+                  f"(the run's unit is {base_batch} images a step)")
+    return (f"resumed from {folder} at step {int(state['step'])} ({start.images} images seen, epoch {start.epoch}, "
+            f"image {start.offset} of its order){change}; {steps_left} steps left, lr {lr:.5g}")
