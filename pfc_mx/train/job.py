@@ -20,7 +20,7 @@ from pfc_mx.train import faults
 from pfc_mx.train.injection import Injection
 from pfc_mx.train.loop import Run
 from pfc_mx.train.reporting import setup_logging
-from pfc_mx.train.run_lock import RunLock
+from pfc_mx.train.run_lock import RunLock, RunLockedError
 
 log = logging.getLogger("pfc_mx.train")
 
@@ -32,7 +32,7 @@ def prepare_output(cfg: Config) -> Tuple[Path, Optional[RunLock]]:
     folder is not writable or another live job holds it (pfc_mx.train.run_lock).
     """
     out = Path(cfg.output.dir)
-    error = ""
+    error: Tuple[str, bool] = ("", False)  # (message, whether another job holds the folder)
     lock: Optional[RunLock] = None
     if dist.rank() == 0:
         try:
@@ -42,12 +42,12 @@ def prepare_output(cfg: Config) -> Tuple[Path, Optional[RunLock]]:
             probe.unlink()
             lock = RunLock(out).acquire()
         except OSError as e:
-            error = f"output.dir {out} is not writable: {e.strerror or e}"
+            error = (f"output.dir {out} is not writable: {e.strerror or e}", False)
         except ConfigError as e:
-            error = str(e)
-    error = dist.broadcast_object(error, root=0)
-    if error:
-        raise ConfigError(error)
+            error = (str(e), isinstance(e, RunLockedError))
+    message, locked = dist.broadcast_object(error, root=0)
+    if message:
+        raise (RunLockedError if locked else ConfigError)(message)
     return out, lock
 
 
