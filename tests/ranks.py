@@ -21,6 +21,16 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# train_horovod.py on the demo recipe, for `launch` or a single process; tests add `--set ...`
+TRAIN = [sys.executable, str(ROOT / "train_horovod.py"), str(ROOT / "configs" / "demo.yaml")]
+
+
+def synthetic(tmp_path_factory: Any, **options: Any) -> Path:
+    """A module's small synthetic dataset (pfc_mx.data.synthetic.generate, seed 0 unless given)."""
+    from pfc_mx.data.synthetic import generate
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, **{"seed": 0, **options})
+    return root
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
 
 

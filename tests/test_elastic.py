@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -18,21 +17,17 @@ from pfc_mx.train.faults import EXIT_PREEMPTED
 from pfc_mx.train.injection import INJECT_STOP
 from pfc_mx.train.reporting import read_metrics
 from pfc_mx.train.schedule import make_schedule
-from tests.ranks import ROOT, launch, rank_env
+from tests.ranks import ROOT, TRAIN, launch, rank_env, synthetic
 
 pytestmark = pytest.mark.dist
 
 DEMO = ROOT / "configs" / "demo.yaml"
-TRAIN = [sys.executable, str(ROOT / "train_horovod.py"), str(DEMO)]
 IMAGES, BATCH, EPOCHS = 96, 8, 3  # 12 identities x 8 images; per-rank batch; epochs
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from pfc_mx.data.synthetic import generate
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_identities=12, images_per_identity=8, seed=0)
-    return root
+    return synthetic(tmp_path_factory, num_identities=12, images_per_identity=8)
 
 
 def settings(data: Path, out: Path, *extra: str) -> List[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import mxnet as mx
@@ -18,18 +17,14 @@ from pfc_mx.export import MIN_COSINE, export_onnx
 from pfc_mx.train.pretrained import load_backbone_weights
 from pfc_mx.errors import ConfigError
 from tests.legacy_fixtures import cosines, images, make_checkpoint, module_forward
-from tests.ranks import ROOT, launch, rank_env
+from tests.ranks import ROOT, TRAIN, launch, rank_env, synthetic
 
-TRAIN = [sys.executable, str(ROOT / "train_horovod.py"), str(ROOT / "configs" / "demo.yaml")]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from pfc_mx.data.synthetic import generate
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_identities=12, images_per_identity=6, holdout_identities=6, num_pairs=20,
-             bin_name="synthetic_val", seed=0)
-    return root
+    return synthetic(tmp_path_factory, num_identities=12, images_per_identity=6, holdout_identities=6, num_pairs=20,
+                     bin_name="synthetic_val")
 
 
 @pytest.fixture(scope="module")

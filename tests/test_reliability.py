@@ -30,10 +30,9 @@ from pfc_mx import checkpoint
 from pfc_mx.data import RecordDataset
 from pfc_mx.errors import ConfigError
 from pfc_mx.train import faults, injection
-from tests.ranks import (ROOT, exit_codes, finish, horovodrun_command, kill_tree, launch, rank_env, rank_pids,
-                         recording_exit_codes, spawn)
+from tests.ranks import (ROOT, TRAIN, exit_codes, finish, horovodrun_command, kill_tree, launch, rank_env, rank_pids,
+                         recording_exit_codes, spawn, synthetic)
 
-TRAIN = [sys.executable, str(ROOT / "train_horovod.py"), str(ROOT / "configs" / "demo.yaml")]
 STEPS = 8  # 2 epochs of 4 steps (72 images, 2 ranks x batch 8)
 PREEMPTED, LOST, USER_ERROR = faults.EXIT_PREEMPTED, faults.EXIT_RANK_LOST, 2
 
@@ -41,10 +40,7 @@ PREEMPTED, LOST, USER_ERROR = faults.EXIT_PREEMPTED, faults.EXIT_RANK_LOST, 2
 # ---------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from pfc_mx.data.synthetic import generate
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_identities=12, images_per_identity=6, seed=0)
-    return root
+    return synthetic(tmp_path_factory, num_identities=12, images_per_identity=6)
 
 
 def overrides(data: Path, out: Path, *extra: str) -> List[str]:

@@ -19,17 +19,15 @@ from pfc_mx.data.loader import RecordLoader, exit_reason
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.data.writer import FlatWriter
 from pfc_mx.train.reporting import record_fatal
+from tests.ranks import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from pfc_mx.data.synthetic import generate
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_identities=6, images_per_identity=4, holdout_identities=4, num_pairs=8,
-             bin_name="synthetic_val", seed=0, workers=1)
-    return root
+    return synthetic(tmp_path_factory, num_identities=6, images_per_identity=4, holdout_identities=4, num_pairs=8,
+                     bin_name="synthetic_val", workers=1)
 
 
 def train(*args: str) -> subprocess.CompletedProcess:

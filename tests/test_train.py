@@ -15,20 +15,16 @@ import pytest
 
 from pfc_mx import checkpoint
 from pfc_mx.train.reporting import read_metrics
-from tests.ranks import ROOT, launch, rank_pids
+from tests.ranks import ROOT, TRAIN, launch, rank_pids, synthetic
 
 pytestmark = pytest.mark.dist
 
-TRAIN = [sys.executable, str(ROOT / "train_horovod.py"), str(ROOT / "configs" / "demo.yaml")]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from pfc_mx.data.synthetic import generate
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_identities=12, images_per_identity=6, holdout_identities=6, num_pairs=20,
-             bin_name="synthetic_val", seed=0)
-    return root
+    return synthetic(tmp_path_factory, num_identities=12, images_per_identity=6, holdout_identities=6, num_pairs=20,
+                     bin_name="synthetic_val")
 
 
 def overrides(data: Path, out: Path, *extra: str) -> list:
