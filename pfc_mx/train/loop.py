@@ -26,7 +26,7 @@ from pfc_mx import checkpoint, dist
 from pfc_mx.config import Config, check_data_paths, save_config
 from pfc_mx.data import RecordDataset, RecordLoader
 from pfc_mx.errors import ConfigError, TrainingError, first_line
-from pfc_mx.partial_fc import PartialFC
+from pfc_mx.head import PartialFC
 from pfc_mx.strict_json import finite_or_none
 from pfc_mx.train import faults, pretrained
 from pfc_mx.train.progress import Frame, Position, position_from_state
