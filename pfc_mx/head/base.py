@@ -9,7 +9,7 @@ S rows of this shard used by the step, D the embedding size; float32 unless said
     dxn = impl.backward(step, lse, xn)      # (N, D) this rank's share of dL/d xn (xn = x / ‖x‖)
     update = impl.center_grad(step)         # (S, D) center gradient, queued after the all-reduce of dxn
     dx = impl.input_grad(dxn, xn, xnorm)    # dL/dx through x / ‖x‖ for this rank's rows
-    impl.update(update, lr, momentum, wd)   # SGD momentum on the used rows only
+    impl.update(update, lr, momentum, wd)   # step(): SGD momentum on the used rows only
 
 A step that uses no row of this shard (S = 0, when C < W) is handled here: its
 log-normaliser is "−inf", its target logit 0, and it leaves the centers alone.
@@ -101,6 +101,11 @@ class HeadMath(ABC):
         """The center gradient of the step, queued (the caller queues it after the all-reduce of dxn)."""
         return Update(None, None) if step.ws is None else self._center_grad(step)
 
+    def update(self, update: Update, lr: float, momentum: float, wd: float) -> None:
+        """SGD (MXNet's sgd_mom_update semantics) on the rows of update.index; every other row untouched."""
+        if update.grad is not None:
+            self._update(update, lr, momentum, wd)
+
     @abstractmethod
     def loss(self, parts: mx.nd.NDArray) -> Tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """(N,) global log-normaliser and () mean loss from every rank's parts (W, 2, N)."""
@@ -109,10 +114,7 @@ class HeadMath(ABC):
     def input_grad(self, dxn: mx.nd.NDArray, xn: mx.nd.NDArray, xnorm: mx.nd.NDArray) -> mx.nd.NDArray:
         """(B, D) dL/dx from dL/d xn through xn = x / xnorm (this rank's rows)."""
 
-    @abstractmethod
-    def update(self, update: Update, lr: float, momentum: float, wd: float) -> None:
-        """SGD (MXNet's sgd_mom_update semantics) on the rows of update.index; every other row untouched."""
-
+    # ------------------------------------- the phases when the step uses rows (S > 0)
     @abstractmethod
     def _start(self, plan: StepPlan, n: int, ws: Workspace) -> Step:
         """The used rows into ws and their norms, S > 0."""
@@ -128,6 +130,10 @@ class HeadMath(ABC):
     @abstractmethod
     def _center_grad(self, step: Step) -> Update:
         """Queue the (S, D) center product into step.ws.rows."""
+
+    @abstractmethod
+    def _update(self, update: Update, lr: float, momentum: float, wd: float) -> None:
+        """The SGD update of the used rows, S > 0."""
 
     # ---------------------------------------------------------------- buffers
     def _workspace(self, n: int, s: int) -> Workspace:

@@ -103,7 +103,7 @@ class FusedHead(HeadMath):
         grad = mx.nd.linalg.gemm2(ws.logits, step.xs, transpose_a=True, out=ws.rows)
         return FusedUpdate(step.index, grad, wnorm=ws.wnorm, xn=step.xn, tcol=step.tcol, tcoef=step.tcoef)
 
-    def update(self, update: FusedUpdate, lr: float, momentum: float, wd: float) -> None:
+    def _update(self, update: FusedUpdate, lr: float, momentum: float, wd: float) -> None:
         """The gradient assembled inside the update's pass over the used rows (pfc_sparse_sgd)."""
         mx.nd.pfc_sparse_sgd(self.weight, update.grad, self.momentum, update.index, update.wnorm, update.xn,
                              update.tcol, update.tcoef, lr=float(lr), momentum=float(momentum or 0.0), wd=float(wd),

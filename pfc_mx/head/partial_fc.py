@@ -192,8 +192,7 @@ class PartialFC:
         if self._update is None:
             raise RuntimeError("PartialFC.step() needs a forward_backward() first")
         update, self._update = self._update, None
-        if update.grad is not None:  # None: the step used no row of this shard
-            self._impl.update(update, lr, momentum, wd)
+        self._impl.update(update, lr, momentum, wd)
 
 
 def _use_fused(kernels: str, ctx: mx.Context, store_ctx: mx.Context) -> bool:

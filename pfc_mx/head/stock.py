@@ -127,7 +127,7 @@ class StockHead(HeadMath):
                                    step.targets)
         return Update(step.index, grad)
 
-    def update(self, update: Update, lr: float, momentum: float, wd: float) -> None:
+    def _update(self, update: Update, lr: float, momentum: float, wd: float) -> None:
         """MXNet's sgd(_mom)_update (mom = momentum·mom − lr·(grad + wd·w); w += mom, rescale_grad 1).
 
         Lazy on a row-sparse gradient, in chunks, so that unused rows keep weight and
