@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_origin
 import yaml
 
 from pfc_mx.errors import ConfigError
+from pfc_mx.head.options import RULES as HEAD_RULES
 
 MARGIN_PRESETS: Dict[str, Tuple[float, float, float]] = {
     "arcface": (1.0, 0.5, 0.0),
@@ -66,7 +67,7 @@ class LossConfig:
 class PartialFCConfig:
     sample_rate: float = 1.0
     centers_on: str = "device"  # "device" or "host"
-    kernels: str = "auto"       # "auto" (fused on CPU), "fused" or "stock": see pfc_mx.partial_fc
+    kernels: str = "auto"       # "auto" (fused on CPU), "fused" or "stock": see pfc_mx.head
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,12 @@ _CHECKS: Dict[Tuple[str, str], Tuple[Any, str]] = {
     ("model", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model", "bn_mom"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model", "bn_eps"): (_positive, "> 0"),
-    ("loss", "scale"): (_positive, "> 0"),
-    ("loss", "interclass_filtering_threshold"): (lambda v: 0 <= v < 1, "in [0, 1) (0 disables)"),
-    ("partial_fc", "sample_rate"): (lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("partial_fc", "centers_on"): (lambda v: v in ("device", "host"), "'device' or 'host'"),
-    ("partial_fc", "kernels"): (lambda v: v in ("auto", "fused", "stock"), "'auto', 'fused' or 'stock'"),
+    ("loss", "scale"): HEAD_RULES["scale"],
+    ("loss", "interclass_filtering_threshold"): (HEAD_RULES["interclass_filtering_threshold"][0],
+                                                 HEAD_RULES["interclass_filtering_threshold"][1] + " (0 disables)"),
+    ("partial_fc", "sample_rate"): HEAD_RULES["sample_rate"],
+    ("partial_fc", "centers_on"): HEAD_RULES["centers_on"],
+    ("partial_fc", "kernels"): HEAD_RULES["kernels"],
     ("data", "num_classes"): (_non_negative, ">= 0"),
     ("data", "batch_size"): (_positive, "> 0"),
     ("data", "num_workers"): (_non_negative, ">= 0"),

@@ -13,7 +13,8 @@ import pytest
 
 from pfc_mx import kernels
 from pfc_mx.margin import target_logit_and_derivative
-from pfc_mx.partial_fc import PartialFC
+from pfc_mx.head import PartialFC
+from tests.center_grad import center_grad
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -237,9 +238,9 @@ def test_fused_head_equals_stock_head_over_sampled_steps(threshold):
         out = []
         for x, y in batches:
             loss, grad = pfc.forward_backward(mx.nd.array(x), mx.nd.array(y))
-            out.append((loss, grad.asnumpy(), pfc.last_grad.asnumpy()))
+            out.append((loss, grad.asnumpy(), center_grad(pfc)))
             pfc.step(0.2, momentum=0.9, wd=5e-4)
-            assert pfc.last_grad is None
+            assert center_grad(pfc) is None
         runs[impl] = out, pfc.weight.asnumpy(), pfc.momentum.asnumpy()
     (fused, w_f, m_f), (stock, w_s, m_s) = runs["fused"], runs["stock"]
     for (lf, gf, cf), (ls, gs, cs) in zip(fused, stock):
@@ -283,7 +284,7 @@ def test_concurrent_first_builds_compile_once_and_both_load(tmp_path):
 def test_without_a_compiler_auto_falls_back_and_fused_says_why(tmp_path):
     result = run_python("""
         import logging; logging.basicConfig(level=logging.WARNING)
-        from pfc_mx.partial_fc import PartialFC
+        from pfc_mx.head import PartialFC
         from pfc_mx import kernels
         assert PartialFC(10, 4).fused is False
         print("reason:", kernels.unavailable_reason())

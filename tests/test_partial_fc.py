@@ -1,4 +1,4 @@
-"""pfc_mx.partial_fc against a plain-Gluon full FC, and 2 ranks against 1 rank on the same global batch."""
+"""pfc_mx.head (PartialFC) against a plain-Gluon full FC, and 2 ranks against 1 rank on the same global batch."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,8 @@ from mxnet import autograd, gluon
 from scipy import stats
 
 from pfc_mx import shard
-from pfc_mx.partial_fc import PartialFC
+from pfc_mx.head import PartialFC
+from tests.center_grad import center_grad
 from tests.dist_cases.partial_fc import CONFIGS, global_batch, run_head
 from tests.ranks import run_ranks
 
@@ -106,7 +107,7 @@ def test_one_rank_full_rate_equals_gluon_full_fc(margin_name, threshold):
     assert math.isclose(loss, ref_loss, rel_tol=1e-5)
     assert_close(grad.asnumpy(), ref_dx)
     np.testing.assert_array_equal(pfc.last_index, np.arange(23))
-    assert_close(pfc.last_grad.asnumpy(), ref_dw)
+    assert_close(center_grad(pfc), ref_dw)
 
 
 def test_three_sgd_steps_equal_gluon_trainer_sgd():
@@ -135,7 +136,7 @@ def test_sampled_step_equals_full_fc_on_the_sampled_rows():
     [(ref_loss, ref_dx, ref_dw)], _ = reference_run(w[index], [(x, remapped)], MARGINS["combined"], 32.0)
     assert math.isclose(loss, ref_loss, rel_tol=1e-5)
     assert_close(grad.asnumpy(), ref_dx)
-    assert_close(pfc.last_grad.asnumpy(), ref_dw)
+    assert_close(center_grad(pfc), ref_dw)
 
 
 def test_every_positive_is_sampled_and_exactly_num_sample_rows_are_used():
@@ -146,7 +147,7 @@ def test_every_positive_is_sampled_and_exactly_num_sample_rows_are_used():
         pfc.forward_backward(mx.nd.array(x), mx.nd.array(y))
         positives = np.unique(y)
         assert np.isin(positives, pfc.last_index).all()
-        assert len(pfc.last_index) == max(50, len(positives)) == pfc.last_grad.shape[0]
+        assert len(pfc.last_index) == max(50, len(positives)) == center_grad(pfc).shape[0]
         assert len(np.unique(pfc.last_index)) == len(pfc.last_index)
         pfc.step(0.1)
     # more positives than the shard can sample: num_sample = num_local, every row is used
@@ -239,7 +240,7 @@ def test_cos_plus_minus_one_and_angle_past_pi_give_finite_loss_and_gradients():
         pfc.margin = margin
         loss, grad = pfc.forward_backward(mx.nd.array(x), mx.nd.array(y))
         assert math.isfinite(loss) and np.isfinite(grad.asnumpy()).all()
-        assert np.isfinite(pfc.last_grad.asnumpy()).all()
+        assert np.isfinite(center_grad(pfc)).all()
         pfc.step(0.1)
         assert np.isfinite(pfc.weight.asnumpy()).all()
 
@@ -397,10 +398,10 @@ def test_a_bad_label_on_one_rank_raises_on_every_rank(two_rank_heads):
 
 
 def test_host_arrays_are_private_copies():
-    from pfc_mx.partial_fc import _host_array
+    from pfc_mx.head.arrays import host_array
 
     src = np.arange(5, dtype=np.int64)
-    arr = _host_array(src, "int64", mx.cpu())
+    arr = host_array(src, "int64", mx.cpu())
     src[0] = 99  # the NDArray wraps a copy: the caller's array stays writable and independent
     np.testing.assert_array_equal(arr.asnumpy(), [0, 1, 2, 3, 4])
     assert arr.dtype == np.int64 and arr.context == mx.cpu()

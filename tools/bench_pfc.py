@@ -80,7 +80,7 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
 
     from pfc_mx import dist
-    from pfc_mx.partial_fc import PartialFC
+    from pfc_mx.head import PartialFC
 
     dist.init()
     world, rank = dist.size(), dist.rank()

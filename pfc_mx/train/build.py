@@ -16,7 +16,7 @@ import symbols
 from pfc_mx.config import Config
 from pfc_mx.data import RecordDataset, RecordLoader
 from pfc_mx.errors import ConfigError
-from pfc_mx.partial_fc import PartialFC
+from pfc_mx.head import PartialFC
 from pfc_mx.train.progress import Frame, Position, position_from_state
 from pfc_mx.train.schedule import scaled_base_lr, schedule_by_images
 

@@ -19,7 +19,7 @@ from mxnet import gluon
 from pfc_mx import checkpoint, dist
 from pfc_mx.config import Config
 from pfc_mx.errors import ConfigError
-from pfc_mx.partial_fc import PartialFC
+from pfc_mx.head import PartialFC
 from pfc_mx.train import faults
 from pfc_mx.train.progress import Position
 from symbols.legacy import load_backbone

@@ -1,4 +1,4 @@
-"""Cases for pfc_mx.partial_fc: several heads trained for a few steps on every rank.
+"""Cases for pfc_mx.head (PartialFC): several heads trained for a few steps on every rank.
 
 `run_head` is shared with tests/test_partial_fc.py, which replays each config in
 one process on the concatenated batch and compares.
@@ -12,7 +12,7 @@ import mxnet as mx
 import numpy as np
 
 from pfc_mx import dist
-from pfc_mx.partial_fc import PartialFC
+from pfc_mx.head import PartialFC
 from tests.dist_cases import case
 
 # name → head and batch settings; B is the per-rank batch on 2 ranks (global batch 2·B)

@@ -7,7 +7,7 @@ from typing import Dict
 import numpy as np
 
 from pfc_mx import checkpoint
-from pfc_mx.partial_fc import PartialFC
+from pfc_mx.head import PartialFC
 from tests.dist_cases import case
 
 
