@@ -43,6 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from pfc_mx import dist, strict_json
+from pfc_mx.atomic import write_atomic
 from pfc_mx.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
@@ -71,23 +72,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file; on failure path is untouched and no temporary is left."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
 
 
 def _reason(error: BaseException, root: Path) -> str:
