@@ -202,7 +202,7 @@ def set_aside_newer(root: Path, step: int) -> List[str]:
     return moved
 
 
-def verify(folder: Path) -> Dict[str, Any]:
+def check_integrity(folder: Path) -> Dict[str, Any]:
     """Return folder's state.json after checking every listed file's sha256; CheckpointError if not."""
     state_path = folder / "state.json"
     if not state_path.is_file():
@@ -232,7 +232,7 @@ def find_resumable(root: Path) -> Optional[Resumable]:
     skipped: List[Tuple[Path, str]] = []
     for _, folder in reversed(step_folders(root)):
         try:
-            return Resumable(folder, verify(folder), tuple(skipped))
+            return Resumable(folder, check_integrity(folder), tuple(skipped))
         except CheckpointError as e:
             log.warning("skipping checkpoint: %s; falling back to an older one", e)
             skipped.append((folder, str(e)))

@@ -130,7 +130,7 @@ def choose_checkpoint(cfg: Config, root: Path, num_classes: int) -> Tuple[str, D
             log.warning("no checkpoint in %s verifies: starting from step 0", root)
     elif cfg.output.resume != "none":
         folder = Path(cfg.output.resume)
-        state = checkpoint.verify(folder)
+        state = checkpoint.check_integrity(folder)
     if folder is not None:
         check_config(cfg, state, folder, num_classes)
     if checkpoint.set_aside_newer(root, int(state.get("step", 0))):
