@@ -50,6 +50,31 @@ def test_save_writes_complete_folder_updates_latest_and_keeps_newest(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_resolve_finds_the_step_folder_from_a_run_checkpoints_or_step_folder_or_latest(tmp_path):
+    root = tmp_path / "run" / checkpoint.CHECKPOINTS
+    older = save(root, 2, centers())
+    newest = save(root, 4, centers())
+    assert {checkpoint.BACKBONE_SYMBOL, checkpoint.BACKBONE_PARAMS, checkpoint.TRAINER_STATES,
+            checkpoint.STATE} <= {p.name for p in newest.iterdir()}
+    for path in (tmp_path / "run", root, root / checkpoint.LATEST, newest, str(tmp_path / "run")):
+        assert checkpoint.resolve(path) == newest, path
+    assert checkpoint.resolve(older) == older
+
+
+def test_resolve_says_in_one_line_why_a_path_is_no_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no backbone-symbol.json, latest or checkpoints/latest"):
+        checkpoint.resolve(tmp_path)
+    (tmp_path / "latest").write_text("\n")
+    with pytest.raises(CheckpointError, match="empty checkpoint pointer"):
+        checkpoint.resolve(tmp_path)
+    (tmp_path / "latest").write_text("step-00000009\n")
+    with pytest.raises(CheckpointError, match="step-00000009, which has no backbone-symbol.json"):
+        checkpoint.resolve(tmp_path / "latest")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(CheckpointError, match="notes.txt: not a checkpoint"):
+        checkpoint.resolve(tmp_path / "notes.txt")
+
+
 def test_centers_reassemble_for_any_shard(tmp_path):
     _, w, m = centers(n=10)
     net, trainer = tiny()
@@ -162,7 +187,7 @@ def test_a_file_that_cannot_be_read_is_a_checkpoint_error(tmp_path, monkeypatch)
     def unreadable(path):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(checkpoint, "_sha256", unreadable)
+    monkeypatch.setattr(checkpoint.loading, "file_sha256", unreadable)
     with pytest.raises(CheckpointError, match=r"unreadable \(Input/output error\)"):
         checkpoint.check_integrity(folder)
     assert checkpoint.find_resumable(tmp_path) is None

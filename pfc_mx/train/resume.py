@@ -91,7 +91,7 @@ def resume(cfg: Config, out: Path, net: gluon.HybridBlock, trainer: gluon.Traine
     error: Optional[BaseException] = None
     if dist.rank() == 0:
         try:
-            choice = choose_checkpoint(cfg, out / "checkpoints", num_classes)
+            choice = choose_checkpoint(cfg, out / checkpoint.CHECKPOINTS, num_classes)
         except Exception as e:  # raised on every rank below
             error = e
     faults.raise_if_any(error)
