@@ -52,13 +52,11 @@ Margin = Tuple[float, float, float]
 ARCFACE: Margin = (1.0, 0.5, 0.0)
 COSFACE: Margin = (1.0, 0.0, 0.4)
 PRESETS: Dict[str, Margin] = {"arcface": ARCFACE, "cosface": COSFACE}
-
-ACOS_EPS = 1e-6  # clamp of cos before arccos
-
-
 M2_LIMIT = math.pi  # m2 < M2_LIMIT
 M3_LIMIT = 1.0      # m3 < M3_LIMIT
 BOUNDS = "m1 > 0, 0 <= m2 < pi, 0 <= m3 < 1"
+
+ACOS_EPS = 1e-6  # clamp of cos before arccos
 
 
 def margin_problem(spec: Union[str, Sequence[float]]) -> Optional[str]:
