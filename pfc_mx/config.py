@@ -31,11 +31,7 @@ import yaml
 
 from pfc_mx.errors import ConfigError
 from pfc_mx.head.options import RULES as HEAD_RULES
-
-MARGIN_PRESETS: Dict[str, Tuple[float, float, float]] = {
-    "arcface": (1.0, 0.5, 0.0),
-    "cosface": (1.0, 0.0, 0.4),
-}
+from pfc_mx.margin import get_margin, margin_problem
 
 
 @dataclass(frozen=True)
@@ -57,10 +53,8 @@ class LossConfig:
 
     @property
     def margins(self) -> Tuple[float, float, float]:
-        """(m1, m2, m3) after resolving a preset name."""
-        if isinstance(self.margin, str):
-            return MARGIN_PRESETS[self.margin]
-        return tuple(float(m) for m in self.margin)  # type: ignore[return-value]
+        """(m1, m2, m3) after resolving a preset name (pfc_mx.margin.get_margin)."""
+        return get_margin(self.margin)
 
 
 @dataclass(frozen=True)
@@ -328,16 +322,9 @@ def build_config(tree: Dict[str, Any], source: str = "config") -> Config:
 
 
 def _check_cross(cfg: Config, source: str) -> None:
-    margin = cfg.loss.margin
-    if isinstance(margin, str) and margin not in MARGIN_PRESETS:
-        raise ConfigError(f"{source}: loss.margin = {margin!r}: use one of {sorted(MARGIN_PRESETS)} "
-                          "or a list [m1, m2, m3]")
-    if not isinstance(margin, str):
-        if len(margin) != 3:
-            raise ConfigError(f"{source}: loss.margin must be [m1, m2, m3], got {margin!r}")
-        m1, m2, m3 = margin
-        if not (m1 > 0 and 0 <= m2 < 3.14159 and 0 <= m3 < 1):
-            raise ConfigError(f"{source}: loss.margin {margin!r}: need m1 > 0, 0 <= m2 < pi, 0 <= m3 < 1")
+    problem = margin_problem(cfg.loss.margin)  # the presets and bounds live in pfc_mx.margin
+    if problem:
+        raise ConfigError(f"{source}: loss.margin = {cfg.loss.margin!r}: {problem}")
     if cfg.optim.schedule == "multistep" and not cfg.optim.milestones:
         raise ConfigError(f"{source}: optim.schedule = multistep needs optim.milestones (epochs)")
     if sorted(cfg.optim.milestones) != list(cfg.optim.milestones):

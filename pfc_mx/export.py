@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pfc_mx.atomic import atomic_path
 from pfc_mx.errors import ExportError, first_line
 from pfc_mx.evaluation.model_loader import (load_symbol_params, mxnet_embedder, onnx_session,
                                             onnx_takes_raw_pixels, resolve_checkpoint)
@@ -74,22 +75,16 @@ def export_onnx(source: "str | Path", out_path: "str | Path", fp16: bool = False
         raise ExportError(f"{source}: the exported graph is not valid ONNX: {str(e).splitlines()[0]}") from None
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
     report: Dict[str, Any] = {"source": str(source), "prefix": prefix, "epoch": epoch, "path": str(out_path),
                               "opset": OPSET, "fp16": fp16, "input": [data_name, "N", 3, *IMAGE_SIZE],
                               "output": [model.graph.output[0].name, "N", dim], "embedding_size": dim}
-    try:
-        onnx.save(model, tmp)
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
         if check:
-            report.update(parity(mxnet_embedder(prefix, epoch, mx.cpu()), tmp, batch_check, seed, fp16,
+            report.update(parity(mxnet_embedder(prefix, epoch, mx.cpu()), str(tmp), batch_check, seed, fp16,
                                  label=str(out_path)))
         else:
-            _loads(tmp, dim, str(out_path))
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            _loads(str(tmp), dim, str(out_path))
     report["bytes"] = out_path.stat().st_size
     log.debug("exported %s -> %s (%d bytes)", source, out_path, report["bytes"])
     return report

@@ -31,11 +31,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import mxnet as mx
+
+from pfc_mx.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +103,12 @@ def library_path() -> Path:
 def _compile(target: Path) -> None:
     header, lib_api = _lib_api_files()
     cmd: List[str] = [_compiler(), *FLAGS, f"-I{header.parents[1]}", str(SOURCE), str(lib_api)]
-    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target, mode=0o755) as tmp:  # the cache may be shared: umask's permissions
         log.info("compiling the Partial FC kernels (about 10 s)")
-        result = subprocess.run([*cmd, "-o", tmp], capture_output=True, text=True)
+        result = subprocess.run([*cmd, "-o", str(tmp)], capture_output=True, text=True)
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-15:])
             raise KernelBuildError(f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{tail}")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o755 & ~umask)  # mkstemp made it private; the cache may be shared
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build() -> Path:

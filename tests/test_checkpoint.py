@@ -43,11 +43,36 @@ def test_save_writes_complete_folder_updates_latest_and_keeps_newest(tmp_path):
     assert folder.name == "step-00000006"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000004", "step-00000006"]
     assert (tmp_path / "latest").read_text().strip() == "step-00000006"
-    state = checkpoint.verify(folder)
+    state = checkpoint.check_integrity(folder)
     assert state["step"] == 6
     assert {"backbone-symbol.json", "backbone-0000.params", "backbone-trainer.states",
             "centers-000000000-000000010.weight.npy"} <= set(state["files"])
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resolve_finds_the_step_folder_from_a_run_checkpoints_or_step_folder_or_latest(tmp_path):
+    root = tmp_path / "run" / checkpoint.CHECKPOINTS
+    older = save(root, 2, centers())
+    newest = save(root, 4, centers())
+    assert {checkpoint.BACKBONE_SYMBOL, checkpoint.BACKBONE_PARAMS, checkpoint.TRAINER_STATES,
+            checkpoint.STATE} <= {p.name for p in newest.iterdir()}
+    for path in (tmp_path / "run", root, root / checkpoint.LATEST, newest, str(tmp_path / "run")):
+        assert checkpoint.resolve(path) == newest, path
+    assert checkpoint.resolve(older) == older
+
+
+def test_resolve_says_in_one_line_why_a_path_is_no_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no backbone-symbol.json, latest or checkpoints/latest"):
+        checkpoint.resolve(tmp_path)
+    (tmp_path / "latest").write_text("\n")
+    with pytest.raises(CheckpointError, match="empty checkpoint pointer"):
+        checkpoint.resolve(tmp_path)
+    (tmp_path / "latest").write_text("step-00000009\n")
+    with pytest.raises(CheckpointError, match="step-00000009, which has no backbone-symbol.json"):
+        checkpoint.resolve(tmp_path / "latest")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(CheckpointError, match="notes.txt: not a checkpoint"):
+        checkpoint.resolve(tmp_path / "notes.txt")
 
 
 def test_centers_reassemble_for_any_shard(tmp_path):
@@ -73,7 +98,7 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog):
     params = newest / "backbone-0000.params"
     params.write_bytes(params.read_bytes()[:-10])  # truncated
     with pytest.raises(CheckpointError, match="checksum mismatch in backbone-0000.params"):
-        checkpoint.verify(newest)
+        checkpoint.check_integrity(newest)
     found = checkpoint.find_resumable(tmp_path)
     assert found.path.name == "step-00000002"
     assert "skipping checkpoint" in caplog.text and "step-00000004" in caplog.text
@@ -137,7 +162,7 @@ def test_pruning_never_removes_the_new_checkpoint_for_a_newer_folder(tmp_path):
     (stray / "state.json").write_text("{not json")
     newest = save(tmp_path, 5, centers(seed=2), keep=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000005", "step-00000006"]
-    assert checkpoint.verify(newest)["step"] == 5 and (tmp_path / "latest").read_text().strip() == "step-00000005"
+    assert checkpoint.check_integrity(newest)["step"] == 5 and (tmp_path / "latest").read_text().strip() == "step-00000005"
 
 
 def test_set_aside_newer_moves_folders_past_the_resume_step_and_keeps_them(tmp_path):
@@ -149,7 +174,7 @@ def test_set_aside_newer_moves_folders_past_the_resume_step_and_keeps_them(tmp_p
     assert [s for s, _ in checkpoint.step_folders(tmp_path)] == [2]
     assert sorted(p.name for p in (tmp_path / "set-aside").iterdir()) == [
         "step-00000004", "step-00000006", "step-00000006.1"]
-    assert checkpoint.verify(tmp_path / "set-aside" / "step-00000006.1")["step"] == 6
+    assert checkpoint.check_integrity(tmp_path / "set-aside" / "step-00000006.1")["step"] == 6
     assert checkpoint.find_resumable(tmp_path).path.name == "step-00000002"
     assert checkpoint.set_aside_newer(tmp_path, 2) == []
     checkpoint.point_latest(tmp_path, None)
@@ -162,7 +187,7 @@ def test_a_file_that_cannot_be_read_is_a_checkpoint_error(tmp_path, monkeypatch)
     def unreadable(path):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(checkpoint, "_sha256", unreadable)
+    monkeypatch.setattr(checkpoint.loading, "file_sha256", unreadable)
     with pytest.raises(CheckpointError, match=r"unreadable \(Input/output error\)"):
-        checkpoint.verify(folder)
+        checkpoint.check_integrity(folder)
     assert checkpoint.find_resumable(tmp_path) is None

@@ -1,12 +1,16 @@
 """pfc_mx.config: inheritance, overrides, strict schema with suggestions, path checks."""
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from pfc_mx.config import check_data_paths, load_config, save_config
+from pfc_mx.config import build_config, check_data_paths, load_config, save_config
 from pfc_mx.errors import ConfigError, DatasetError
+from pfc_mx.margin import get_margin
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -49,8 +53,8 @@ def test_overrides_are_typed_and_applied_last(tmp_path):
     ("data.batch_size=12.5", "data.batch_size: expected an integer"),
     ("model.fp16=maybe", "model.fp16: expected true or false"),
     ("loss.margin=sphereface", "loss.margin = 'sphereface': use one of"),
-    ("loss.margin=[1.0, 0.5]", "loss.margin must be [m1, m2, m3]"),
-    ("loss.margin=[1.0, 4.0, 0.0]", "need m1 > 0, 0 <= m2 < pi"),
+    ("loss.margin=[1.0, 0.5]", "loss.margin = [1.0, 0.5]: need three numbers [m1, m2, m3]"),
+    ("loss.margin=[1.0, 4.0, 0.0]", "need m1 > 0, 0 <= m2 < pi, 0 <= m3 < 1"),
     ("optim.schedule=multistep", "needs optim.milestones"),
     ("partial_fc.centers_on=disk", "'device' or 'host'"),
     ("optim.skip_nonfinite=-1", "optim.skip_nonfinite = -1 must be >= 0"),
@@ -136,3 +140,28 @@ def test_fault_tolerance_keys_default_and_override():
     assert cfg.optim.skip_nonfinite == 0 and cfg.data.max_corrupt_fraction == 0.02
     cfg = load_config(CONFIGS / "ms1mv3_r50.yaml", ["optim.skip_nonfinite=3", "data.max_corrupt_fraction=0.2"])
     assert cfg.optim.skip_nonfinite == 3 and cfg.data.max_corrupt_fraction == 0.2
+
+
+@pytest.mark.parametrize("spec", [
+    "arcface", "cosface", "CosFace", "sphereface",
+    [1.0, 0.5, 0.0], [0.9, 0.4, 0.15], [1.35, 0.0, 0.0], [1e-9, 0.0, 0.0], [0.0, 0.5, 0.0], [-1.0, 0.5, 0.0],
+    [1.0, 0.0, 0.0], [1.0, -1e-9, 0.0], [1.0, math.pi - 1e-9, 0.0], [1.0, 3.1415926, 0.0], [1.0, math.pi, 0.0],
+    [1.0, 0.0, -1e-9], [1.0, 0.0, 1.0 - 1e-9], [1.0, 0.0, 1.0], [1.0, 0.0, 2.0],
+    [1.0, 0.5], [1.0, 0.5, 0.0, 0.0],
+])
+def test_config_accepts_exactly_the_margins_the_margin_module_accepts(spec):
+    try:
+        expected = get_margin(spec)
+    except ValueError:
+        expected = None
+    try:
+        got = build_config({"loss": {"margin": spec}}).loss.margins
+    except ConfigError as e:
+        assert expected is None, f"config rejects {spec!r}, pfc_mx.margin takes it: {e}"
+        return
+    assert got == expected
+
+
+def test_loading_a_config_does_not_load_mxnet():
+    code = "import sys, pfc_mx.config; sys.exit('mxnet' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

@@ -90,7 +90,7 @@ def test_a_resume_on_another_world_size_keeps_the_schedule_and_the_images(data, 
     # the epoch never goes back and ends where the uninterrupted run's does
     epochs = [r["epoch"] for r in records]
     assert epochs == sorted(epochs) and epochs[-1] == reference[-1]["epoch"] == EPOCHS - 1
-    state = checkpoint.verify(run / "checkpoints" / f"step-{final:08d}")
+    state = checkpoint.check_integrity(run / "checkpoints" / f"step-{final:08d}")
     assert (state["step"], state["images"], state["epoch"], state["offset"]) == (final, EPOCHS * IMAGES, EPOCHS, 0)
     assert state["base_batch"] == base and state["global_batch"] == after * BATCH
     done = summary(resumed.stdout)

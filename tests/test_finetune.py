@@ -65,7 +65,7 @@ def test_legacy_mobilefacenet_fine_tunes_on_two_ranks_and_exports(data, y1, tmp_
     random = symbols.get_model("mobilefacenet_mxnet", embedding_size=128)
     random.initialize()
     assert np.abs(cosines(random(mx.nd.array(x)).asnumpy(), original)).max() < 0.3
-    state = checkpoint.verify(out / "checkpoints" / "step-00000003")
+    state = checkpoint.check_integrity(out / "checkpoints" / "step-00000003")
     assert state["world_size"] == 2 and state["model"] == "mobilefacenet_mxnet"
 
 
@@ -110,7 +110,7 @@ def test_centers_come_from_our_checkpoint_only_when_the_classes_match(data, tmp_
 
     first = tmp_path / "first"
     train(first)
-    saved = checkpoint.verify(first / "checkpoints" / "step-00000002")
+    saved = checkpoint.check_integrity(first / "checkpoints" / "step-00000002")
     centers, _ = checkpoint.load_centers(first / "checkpoints" / "step-00000002", 0, saved["num_classes"], 128)
     log = train(tmp_path / "same", f"model.pretrained={first}", "optim.lr=0.000000000001", "optim.momentum=0")
     assert "class centers loaded from" in log

@@ -39,6 +39,20 @@ def test_presets_and_margin_specs():
         get_margin([0.0, 0.5, 0.0])
 
 
+@pytest.mark.parametrize("inside, outside", [
+    ((1.0, math.pi - 1e-9, 0.0), (1.0, math.pi, 0.0)),     # m2 < pi
+    ((1.0, 0.0, 0.0), (1.0, -1e-9, 0.0)),                  # m2 >= 0
+    ((1.0, 0.0, 1.0 - 1e-9), (1.0, 0.0, 1.0)),             # m3 < 1: a target logit can be positive
+    ((1.0, 0.0, 0.0), (1.0, 0.0, -1e-9)),                  # m3 >= 0
+    ((1e-9, 0.0, 0.0), (0.0, 0.0, 0.0)),                   # m1 > 0
+    ((1e9, 0.0, 0.0), (math.inf, 0.0, 0.0)),               # m1 finite
+])
+def test_bounds_are_sharp(inside, outside):
+    assert get_margin(inside) == inside
+    with pytest.raises(ValueError, match="need m1 > 0, 0 <= m2 < pi, 0 <= m3 < 1"):
+        get_margin(outside)
+
+
 @pytest.mark.parametrize("margin", [ARCFACE, COSFACE, COMBINED, (1.35, 0.0, 0.0)])
 def test_target_logit_and_autograd_derivative_match_closed_form(margin):
     # angles over the whole range, including θ + m2 > π (cos < −0.88 for ArcFace)

@@ -1,4 +1,4 @@
-"""tools/plan.py and pfc_mx/plan.py: published memory tables, shard and traffic arithmetic, bad input."""
+"""tools/plan.py and pfc_mx/capacity.py: published memory tables, shard and traffic arithmetic, bad input."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 from pfc_mx import shard
 from pfc_mx.errors import ConfigError
-from pfc_mx.plan import BACKBONES, MiB, GiB, RunSpec, fits, make_plan
+from pfc_mx.capacity import BACKBONES, MiB, GiB, RunSpec, fits, make_plan
 from tools._cli import run_cli
 from tools.plan import main, parse_gpus, parse_size
 

@@ -162,7 +162,7 @@ def test_stop_signal_saves_at_the_step_boundary_and_resume_repeats_and_skips_not
     stopped = max(done)
     assert 2 <= stopped < STEPS and sorted(done) == list(range(1, stopped + 1))
     assert latest(job.out) == f"step-{stopped:08d}" and step_folders(job.out) == [f"step-{stopped:08d}"]
-    state = checkpoint.verify(job.out / "checkpoints" / latest(job.out))
+    state = checkpoint.check_integrity(job.out / "checkpoints" / latest(job.out))
     assert (state["step"], state["epoch"], state["step_in_epoch"]) == (stopped, stopped // 4, stopped % 4)
     agreed = re.search(rf"preempted after step {stopped}: a stop signal reached rank\(s\) ([01, ]+); .* "
                        rf"exit code {PREEMPTED}", (job.out / "logs" / "rank0.log").read_text())
@@ -301,7 +301,7 @@ def test_lost_rank_ends_the_others_within_60_s_naming_it(data, jobs, sig, victim
     assert message in log and f"is lost: {why}" in log and f"Rank {survivor} stops with exit code {LOST}" in log
     assert f"[{survivor}]<stderr>:error: {message}" in job.output()
     saved = latest(job.out)
-    state = checkpoint.verify(job.out / "checkpoints" / saved)
+    state = checkpoint.check_integrity(job.out / "checkpoints" / saved)
     assert state["step"] >= 2 and f"step-{state['step']:08d}" == saved
     print(f"{sig} rank {victim}: rank {survivor} exited {LOST} after {took:.1f} s")
 
@@ -404,7 +404,7 @@ def test_kill_during_save_and_a_damaged_newest_checkpoint_fall_back_to_the_previ
     assert f"resumed from {ck / 'step-00000002'} at step 2" in resumed
     assert logged_steps(resumed) == list(range(3, STEPS + 1))
     assert_continues_reference(job.out, reference, 2)
-    assert latest(job.out) == f"step-{STEPS:08d}" and checkpoint.verify(ck / latest(job.out))["step"] == STEPS
+    assert latest(job.out) == f"step-{STEPS:08d}" and checkpoint.check_integrity(ck / latest(job.out))["step"] == STEPS
     assert f"moved {ck / 'step-00000004'} to {ck / 'set-aside' / 'step-00000004'}" in resumed  # kept, never used
     assert (ck / "set-aside" / "step-00000004" / checkpoint.TRAINER_STATES).stat().st_size == 1000
 
@@ -424,7 +424,7 @@ def test_a_fresh_start_in_a_used_output_folder_sets_the_old_checkpoints_aside(da
     fresh = train("optim.max_steps=4", "output.resume=none")
     assert f"moved {ck / 'step-00000006'} to {ck / 'set-aside' / 'step-00000006'}" in fresh
     assert step_folders(out) == ["set-aside", "step-00000004"] and latest(out) == "step-00000004"
-    assert checkpoint.verify(ck / "set-aside" / "step-00000006")["step"] == 6
+    assert checkpoint.check_integrity(ck / "set-aside" / "step-00000006")["step"] == 6
     continued = train("optim.max_steps=6", "output.allow_changes=true")  # a longer run than step 4's config
     assert f"resumed from {ck / 'step-00000004'} at step 4" in continued
     assert step_folders(out) == ["set-aside", "step-00000006"]
@@ -471,7 +471,7 @@ def test_full_disk_during_a_save_stops_every_rank_and_keeps_the_previous_checkpo
                             rf"{re.escape(str(out / 'checkpoints'))} \(the previous checkpoint is intact\)", line), line
     assert sorted(p.name for p in after.iterdir()) == ["latest", "step-00000002"]  # no half-written folder
     assert (after / "latest").read_text().strip() == "step-00000002"
-    assert checkpoint.verify(after / "step-00000002")["step"] == 2
+    assert checkpoint.check_integrity(after / "step-00000002")["step"] == 2
     assert sorted(losses(out)) == [1, 2, 3, 4]
 
 
@@ -508,7 +508,7 @@ def test_one_percent_corrupt_jpegs_train_to_the_end_and_are_counted(hundred_imag
     summary = json.loads(proc.stdout.split("summary: ", 1)[1].splitlines()[0])
     assert summary["steps"] == 5 and summary["corrupt_images"] == 1
     assert f"skipped 1 corrupt image(s) of {data / 'train.rec'} (records {key})" in proc.stdout
-    state = checkpoint.verify(out / "checkpoints" / "step-00000005")
+    state = checkpoint.check_integrity(out / "checkpoints" / "step-00000005")
     assert (state["corrupt_images"], state["corrupt_records"], state["corrupt_in_epoch"]) == (1, [37], [])
     # the count survives a resume (image 37 is not read again in step 6)
     proc = launch(TRAIN + overrides(data, out, "data.batch_size=10", "optim.max_steps=6", "output.allow_changes=true"),
@@ -584,7 +584,7 @@ def test_nonfinite_steps_are_skipped_up_to_the_budget_then_stop_keeping_the_last
     assert [(r["step"], r["skipped"], r["skipped_total"]) for r in records if "skipped" in r] == [
         (3, "non-finite loss (nan)", 1), (5, "non-finite backbone gradient", 2)]
     assert latest(job.out) == "step-00000004" and step_folders(job.out) == ["step-00000002", "step-00000004"]
-    state = checkpoint.verify(job.out / "checkpoints" / "step-00000004")
+    state = checkpoint.check_integrity(job.out / "checkpoints" / "step-00000004")
     assert state["nonfinite_steps"] == [3] and np.isfinite(state["loss"])
 
 

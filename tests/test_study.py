@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pfc_mx.errors import TrainingError
-from pfc_mx.plan import GiB
+from pfc_mx.capacity import GiB
 from tools import study
 from tools._cli import run_cli
 

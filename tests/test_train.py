@@ -47,7 +47,7 @@ def test_two_ranks_train_checkpoint_and_report(data, tmp_path):
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-"))
     assert ckpts == ["step-00000004", "step-00000006"]  # keep: 2 (demo.yaml)
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000006"
-    state = checkpoint.verify(out / "checkpoints" / "step-00000006")
+    state = checkpoint.check_integrity(out / "checkpoints" / "step-00000006")
     assert state["world_size"] == 2 and state["step"] == 6
     for r in (0, 1):
         assert "loss" in (out / "logs" / f"rank{r}.log").read_text() or r == 1
@@ -56,7 +56,7 @@ def test_two_ranks_train_checkpoint_and_report(data, tmp_path):
 
 
 def stored_centers(folder: Path) -> np.ndarray:
-    state = checkpoint.verify(folder)
+    state = checkpoint.check_integrity(folder)
     w, _ = checkpoint.load_centers(folder, 0, state["num_classes"], state["embedding_size"])
     return w
 
@@ -79,7 +79,7 @@ def test_run_saved_on_two_ranks_resumes_on_other_world_sizes(data, tmp_path, wor
     # max_steps counts steps of the run's first global batch (2 x 8): 6 x 16 = 96 images, 64 of them done
     last = 4 + (96 - 64) // (8 * world)
     assert "resumed from" in proc.stdout and f"step 5/{last}" in proc.stdout
-    state = checkpoint.verify(out / "checkpoints" / f"step-{last:08d}")
+    state = checkpoint.check_integrity(out / "checkpoints" / f"step-{last:08d}")
     assert state["world_size"] == world and state["images"] == 64 + (last - 4) * 8 * world
 
 

@@ -23,6 +23,7 @@ from typing import List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pfc_mx import checkpoint  # noqa: E402
 from pfc_mx.errors import PfcError  # noqa: E402
 from tools._cli import run_cli  # noqa: E402
 
@@ -68,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run([Path(py).parent / "horovodrun", "-np", 2, "-H", "localhost:2", "--gloo", py, "train_horovod.py",
          "configs/demo.yaml", "--set", f"data.rec={data}", f"output.dir={run_dir}"])
     print(f"({time.time() - t:.0f} s)")
-    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    latest = checkpoint.resolve(run_dir)
 
     t = step("3/4 ONNX export with parity check")
     onnx_path = run_dir / "model.onnx"
@@ -82,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"({time.time() - t:.0f} s)")
 
     print(f"\ndemo finished in {time.time() - t_all:.0f} s. Outputs:")
-    for what, path in [("dataset", data), ("checkpoints", run_dir / "checkpoints"), ("latest", latest),
+    for what, path in [("dataset", data), ("checkpoints", latest.parent), ("latest", latest),
                        ("ONNX model", onnx_path), ("logs", run_dir / "logs"), ("metrics", run_dir / "metrics.jsonl"),
                        ("curves", run_dir / "curves.png"), ("TensorBoard", run_dir / "tensorboard"),
                        ("resolved config", run_dir / "config.yaml")]:

@@ -7,7 +7,7 @@
 --gpus takes a count (8) or hosts × GPUs per host (2x8). With --config, the recipe gives
 classes, batch, embedding size, sample rate, fp16, backbone and centers_on; flags override
 it. Sizes take binary units (32GB = 32 GiB; a number alone is GiB). The arithmetic and its
-assumptions live in pfc_mx/plan.py; the output prints both.
+assumptions live in pfc_mx/capacity.py; the output prints both.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pfc_mx.errors import ConfigError  # noqa: E402
-from pfc_mx.plan import (BACKBONES, CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_HEADROOM, GiB, MiB,  # noqa: E402
+from pfc_mx.capacity import (BACKBONES, CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_HEADROOM, GiB, MiB,  # noqa: E402
                          Item, Plan, RunSpec, fits, make_plan)
 from tools._cli import run_cli  # noqa: E402
 

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pfc_mx.errors import ConfigError, DatasetError, TrainingError  # noqa: E402
-from pfc_mx.plan import GiB, MiB, fits, sampled_centers  # noqa: E402
+from pfc_mx.capacity import GiB, MiB, fits, sampled_centers  # noqa: E402
 from tools._cli import run_cli  # noqa: E402
 from tools.bench_pfc import head_budget_bytes, launch, merge  # noqa: E402
 
@@ -244,7 +244,7 @@ def predicted_head_bytes(classes: int, rate: float, dim: int, batch: int) -> int
     """Float32 bytes of one process's head: centers + momentum (2·C·D) + 2 × (S·D + N·S) working set.
 
     The budget tools/bench_pfc.py measures against; S is the worst case (every sample of the
-    batch a distinct positive), pfc_mx.plan.sampled_centers.
+    batch a distinct positive), pfc_mx.capacity.sampled_centers.
     """
     return head_budget_bytes(classes, sampled_centers(classes, rate, batch), dim, batch)
 
@@ -262,7 +262,7 @@ def available_bytes() -> int:
 
 
 def fit_verdict(predicted: int, limit: int, headroom: float) -> Tuple[bool, str]:
-    """(fits, words): fits when the prediction leaves `headroom` of the limit free (pfc_mx.plan.fits)."""
+    """(fits, words): fits when the prediction leaves `headroom` of the limit free (pfc_mx.capacity.fits)."""
     ok = fits(predicted, limit, headroom)
     usable = (1 - headroom) * limit / GiB
     words = (f"fits in {usable:.1f} GiB" if ok else

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from pfc_mx.atomic import atomic_path
 from pfc_mx.errors import DatasetError
 
 
@@ -118,8 +119,6 @@ def write_bin(path: "str | os.PathLike", images: "np.ndarray | Sequence[bytes]",
         raise ValueError(f"{len(bins)} images for {len(issame)} pairs (expected two per pair)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickle.dump((bins, issame), f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
     return path

@@ -5,8 +5,8 @@
     forward = load_embedder("model.onnx")           # onnxruntime
     emb = forward(images)                           # (B, 3, 112, 112) raw RGB, uint8 or float -> (B, D) np.float32
 
-A checkpoint directory holds `backbone-symbol.json` + `backbone-0000.params` (shared/DESIGN.md §5);
-a `latest` file names the newest one. The embedding is the symbol's `fc1_output` when present
+Our checkpoints are found as pfc_mx.checkpoint lays them out (a step folder holds
+`backbone-symbol.json` + `backbone-0000.params`; `latest` names the newest). The embedding is the symbol's `fc1_output` when present
 (legacy models), else its only output.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import mxnet as mx
 import numpy as np
 
-from pfc_mx.errors import ModelError
+from pfc_mx import checkpoint
+from pfc_mx.errors import CheckpointError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ Embedder = Callable[[Any], np.ndarray]
 
 
 def resolve_checkpoint(source: "str | Path") -> Tuple[str, int]:
-    """(prefix, epoch) of an MXNet model given as `prefix,epoch`, `prefix-NNNN.params`, a
-    checkpoint directory, a checkpoints root or run directory with a `latest` file, or that file."""
+    """(prefix, epoch) of an MXNet model given as `prefix,epoch`, `prefix-NNNN.params`, or one of our
+    checkpoints: a step folder, a checkpoints folder or run folder, or `latest` (checkpoint.resolve)."""
     text = str(source)
     if "," in text:
         prefix, _, epoch_text = text.rpartition(",")
@@ -45,21 +46,12 @@ def resolve_checkpoint(source: "str | Path") -> Tuple[str, int]:
     m = _PARAMS_FILE.match(path.name)
     if m and path.is_file():
         return _checked(str(path.parent / m.group(1)), int(m.group(2)), text)
-    if path.is_dir():
-        if (path / "backbone-symbol.json").is_file():
-            return _checked(str(path / "backbone"), 0, text)
-        for pointer in (path / "latest", path / "checkpoints" / "latest"):
-            if pointer.exists():
-                return resolve_checkpoint(pointer)
-        raise ModelError(f"{text}: no backbone-symbol.json, latest or checkpoints/latest in this directory")
-    if path.is_file() and path.name == "latest":
-        name = path.read_text().strip()
-        if not name:
-            raise ModelError(f"{text}: empty checkpoint pointer")
-        target = path.parent / name
-        if not (target / "backbone-symbol.json").is_file():
-            raise ModelError(f"{text}: points at {target}, which has no backbone-symbol.json")
-        return _checked(str(target / "backbone"), 0, text)
+    if path.is_dir() or (path.is_file() and path.name == checkpoint.LATEST):
+        try:
+            folder = checkpoint.resolve(path)
+        except CheckpointError as e:
+            raise ModelError(str(e)) from None
+        return _checked(str(folder / checkpoint.BACKBONE_PREFIX), checkpoint.BACKBONE_EPOCH, text)
     raise ModelError(f"{text}: no such model (expected a checkpoint directory, prefix,epoch or a .onnx file)")
 
 

@@ -45,9 +45,9 @@ def initialise(cfg: Config, net: Backbone, pfc, num_classes: int) -> None:
 def _ours(prefix: str) -> Optional[Dict]:
     """state.json of our checkpoint folder holding prefix (…/backbone), else None."""
     folder = Path(prefix).parent
-    if Path(prefix).name != checkpoint.BACKBONE_PREFIX or not (folder / "state.json").is_file():
+    if Path(prefix).name != checkpoint.BACKBONE_PREFIX or not (folder / checkpoint.STATE).is_file():
         return None
-    return json.loads((folder / "state.json").read_text())
+    return json.loads((folder / checkpoint.STATE).read_text())
 
 
 def load_backbone_weights(net: Backbone, source: str, model_name: str, embedding_size: int) -> Optional[Dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from pfc_mx import dist, strict_json
-from pfc_mx.checkpoint import write_atomic
+from pfc_mx.atomic import write_atomic
 
 log = logging.getLogger("pfc_mx.train")
 

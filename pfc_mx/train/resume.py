@@ -92,7 +92,7 @@ def resume(cfg: Config, out: Path, net: gluon.HybridBlock, trainer: gluon.Traine
     error: Optional[BaseException] = None
     if dist.rank() == 0:
         try:
-            choice = choose_checkpoint(cfg, out / "checkpoints", num_classes)
+            choice = choose_checkpoint(cfg, out / checkpoint.CHECKPOINTS, num_classes)
         except Exception as e:  # raised on every rank below
             error = e
     faults.raise_if_any(error)
@@ -131,7 +131,7 @@ def choose_checkpoint(cfg: Config, root: Path, num_classes: int) -> Tuple[str, D
             log.warning("no checkpoint in %s verifies: starting from step 0", root)
     elif cfg.output.resume != "none":
         folder = Path(cfg.output.resume)
-        state = checkpoint.verify(folder)
+        state = checkpoint.check_integrity(folder)
     if folder is not None:
         check_config(cfg, state, folder, num_classes)
     if checkpoint.set_aside_newer(root, int(state.get("step", 0))):
