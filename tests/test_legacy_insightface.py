@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 import symbols
+from pfc_mx.cli import export_onnx as export_tool, run_cli
 from pfc_mx.errors import ModelError
 from pfc_mx.evaluation.model_loader import load_embedder, onnx_takes_raw_pixels
 from pfc_mx.export import MIN_COSINE, export_onnx
@@ -21,8 +22,6 @@ from symbols.legacy import legacy_symbol
 from symbols.mobilefacenet import MobileFaceNet
 from tests.legacy_fixtures import DATA, cosines, images, make_checkpoint, module_forward
 from tests.weights import cosine_between_inputs
-from tools import export_onnx as export_tool
-from tools._cli import run_cli
 
 FIXTURES = {"r34": (1200, "attr"), "r100": (10400, "attrs"), "r100s": (10400, "attrs"), "y1": (10000, "attrs")}
 

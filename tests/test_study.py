@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pfc_mx.cli import run_cli
 from pfc_mx.errors import TrainingError
 from pfc_mx.plan import GiB
-from tools import study
-from tools._cli import run_cli
+
+import study  # tools/study.py (pytest's pythonpath)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY_TRAINING = ["--identities", "12", "--images", "4", "--holdout", "6", "--pairs", "20", "--batch", "8",

@@ -32,14 +32,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from pfc_mx.cli import run_cli
+from pfc_mx.errors import ConfigError, DatasetError, TrainingError
+from pfc_mx.plan import GiB, MiB, fits, sampled_centers
 
-from pfc_mx.errors import ConfigError, DatasetError, TrainingError  # noqa: E402
-from pfc_mx.plan import GiB, MiB, fits, sampled_centers  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
-from tools.bench_pfc import head_budget_bytes, launch, merge  # noqa: E402
+from bench_pfc import head_budget_bytes, launch, merge  # beside this file in tools/
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STUDIES = ("rate", "noise", "cost")
 DEFAULT_SEEDS = {"rate": (0, 1, 2), "noise": (0, 1)}  # each study about 15-20 minutes on 2 cores
@@ -465,7 +464,7 @@ def _csv(kind: type):
 
 
 def parser() -> argparse.ArgumentParser:
-    from tools.plan import parse_size
+    from pfc_mx.cli.plan import parse_size
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default=str(ROOT / "docs" / "study"), help="JSON, tables and plots go here")
