@@ -126,9 +126,9 @@ def test_export_tool_on_a_legacy_model(checkpoints, tmp_path, capsys):
 
 
 def test_failed_export_exits_2_with_one_line_and_leaves_no_file(checkpoints, tmp_path, monkeypatch, capsys):
-    from pfc_mx import export
+    from pfc_mx.export import graph
 
-    monkeypatch.setattr(export, "MXNET_DEFAULTS", {})      # the exporter's reading of a missing `flatten`
+    monkeypatch.setattr(graph, "MXNET_DEFAULTS", {})      # the exporter's reading of a missing `flatten`
     for extra in ([], ["--no-check"]):
         out = tmp_path / "bad.onnx"
         assert run_cli(export_tool.main, [f"{checkpoints['r100s']},0", str(out), *extra]) == 2
