@@ -17,7 +17,7 @@ from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from tools._cli import ArgumentParser
+    from pfc_mx.cli import ArgumentParser
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="YAML recipe, e.g. configs/ms1mv3_r50.yaml")
     parser.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
@@ -58,5 +58,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from tools._cli import run_cli
+    from pfc_mx.cli import run_cli
     sys.exit(run_cli(main))

@@ -1,7 +1,7 @@
 """The project's user-facing errors: one line that names the file, key or record.
 
 Command-line tools catch PfcError, print its message as one line and exit 2
-(see tools/_cli.py); anything else is a bug and keeps its traceback.
+(see pfc_mx/cli); anything else is a bug and keeps its traceback.
 """
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from tools import bench_pfc
+import bench_pfc  # tools/bench_pfc.py (pytest's pythonpath)
 
 
 def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
@@ -24,7 +24,7 @@ def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
 
 
 def test_bad_arguments_are_one_line_errors_before_any_run(capsys):
-    from tools._cli import run_cli
+    from pfc_mx.cli import run_cli
 
     for argv, message in [(["--rates", "2"], "--rates must be in (0, 1], got [2.0]"),
                           (["--classes", "0"], "--classes must be positive integers, got [0]"),

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tools._cli import fraction, int_at_least, number, positive_int, run_cli
+from pfc_mx.cli import fraction, int_at_least, number, positive_int, run_cli
+from tests.ranks import rank_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ def tool(name: str):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    return importlib.import_module(f"tools.{name}")
+    return importlib.import_module(name)  # tools/<name>.py, as `python tools/<name>.py` runs it
 
 
 CASES = [
@@ -79,7 +80,7 @@ def test_the_argparse_types_agree_with_the_ranges_they_state():
 
 def test_synth_process_exits_2_with_one_line():
     r = subprocess.run([sys.executable, "tools/rec.py", "synth", "out", "--identities", "0"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+                       env=rank_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == ["error: argument --identities: must be >= 1, got 0 "
                                              "(see rec.py synth --help)"]

@@ -24,8 +24,8 @@ from pfc_mx.data.loader import RecordLoader
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.data.writer import FlatWriter, InsightfaceWriter
 from pfc_mx.errors import DatasetError
-from tools._cli import run_cli
-from tools.rec import main as rec_main
+from pfc_mx.cli import run_cli
+from pfc_mx.cli.rec import main as rec_main
 
 
 def face(seed: int, size=(112, 112)) -> np.ndarray:

@@ -11,8 +11,8 @@ from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.data.synthetic import class_counts, generate
 from pfc_mx.data.verification_bin import load_bin, write_bin
 from pfc_mx.errors import DatasetError
-from tools._cli import run_cli
-from tools.rec import main as rec_main
+from pfc_mx.cli import run_cli
+from pfc_mx.cli.rec import main as rec_main
 
 
 def digest(folder) -> dict:

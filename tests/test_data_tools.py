@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from pfc_mx.cli import run_cli
+from pfc_mx.cli.rec import main
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.data.writer import InsightfaceWriter
-from tools._cli import run_cli
-from tools.rec import main
+from tests.ranks import rank_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +174,7 @@ def test_every_malformed_dataset_gives_one_error_line_and_exit_2(tmp_path, capsy
 
 def test_cli_exit_code_and_single_line_from_a_real_process(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "rec.py"), "inspect", str(tmp_path / "nowhere")],
-                       capture_output=True, text=True, timeout=120)
+                       env=rank_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert r.stderr.startswith("error: ") and "nowhere" in r.stderr
 

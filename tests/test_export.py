@@ -12,13 +12,12 @@ import pytest
 from onnx import TensorProto
 
 import symbols
+from pfc_mx.cli import export_onnx as export_tool, run_cli
 from pfc_mx.errors import ExportError, ModelError
 from pfc_mx.evaluation.model_loader import load_embedder, onnx_takes_raw_pixels, resolve_checkpoint
 from pfc_mx.export import MIN_COSINE, export_onnx, normalisation_constants, parity
 from tests.test_ijb import make_pooling_onnx, pooling_features
 from tests.weights import cosine_between_inputs, input_dependent
-from tools import export_onnx as export_tool
-from tools._cli import run_cli
 
 
 def random_backbone(name: str, seed: int = 0) -> symbols.Backbone:

@@ -16,8 +16,7 @@ from pfc_mx.errors import DatasetError
 from pfc_mx.evaluation.alignment import ARCFACE_TEMPLATE, align_face, similarity_transform
 from pfc_mx.evaluation.ijb import (evaluate_ijb, image_features, pair_scores, read_meta, tar_at_far,
                                    template_features)
-from tools import eval_ijb
-from tools._cli import run_cli
+from pfc_mx.cli import eval_ijb, run_cli
 
 SUBJECTS, TEMPLATES_PER_SUBJECT, MEDIA_SIZES, MISLABELLED = 6, 3, (1, 2), 2
 

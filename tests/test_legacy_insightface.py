@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 import symbols
+from pfc_mx.cli import export_onnx as export_tool, run_cli
 from pfc_mx.errors import ModelError
 from pfc_mx.evaluation.model_loader import load_embedder, onnx_takes_raw_pixels
 from pfc_mx.export import MIN_COSINE, export_onnx
@@ -21,8 +22,6 @@ from symbols.legacy import legacy_symbol
 from symbols.mobilefacenet import MobileFaceNet
 from tests.legacy_fixtures import DATA, cosines, images, make_checkpoint, module_forward
 from tests.weights import cosine_between_inputs
-from tools import export_onnx as export_tool
-from tools._cli import run_cli
 
 FIXTURES = {"r34": (1200, "attr"), "r100": (10400, "attrs"), "r100s": (10400, "attrs"), "y1": (10000, "attrs")}
 
@@ -127,9 +126,9 @@ def test_export_tool_on_a_legacy_model(checkpoints, tmp_path, capsys):
 
 
 def test_failed_export_exits_2_with_one_line_and_leaves_no_file(checkpoints, tmp_path, monkeypatch, capsys):
-    from pfc_mx import export
+    from pfc_mx.export import graph
 
-    monkeypatch.setattr(export, "MXNET_DEFAULTS", {})      # the exporter's reading of a missing `flatten`
+    monkeypatch.setattr(graph, "MXNET_DEFAULTS", {})      # the exporter's reading of a missing `flatten`
     for extra in ([], ["--no-check"]):
         out = tmp_path / "bad.onnx"
         assert run_cli(export_tool.main, [f"{checkpoints['r100s']},0", str(out), *extra]) == 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 import mxnet as mx
 import pytest
 
-from tools._cli import run_cli
-from tools.model_info import graph_macs, main, model_stats
+from pfc_mx.cli import run_cli
+from pfc_mx.cli.model_info import graph_macs, main, model_stats
 
 # Reference counts of insightface arcface_torch (recognition/arcface_torch/backbones/iresnet.py and
 # mobilefacenet.py, embedding 512), worked out by arithmetic from those definitions, layer by layer:

@@ -10,8 +10,9 @@ import pytest
 from pfc_mx import shard
 from pfc_mx.errors import ConfigError
 from pfc_mx.capacity import BACKBONES, MiB, GiB, RunSpec, fits, make_plan
-from tools._cli import run_cli
-from tools.plan import main, parse_gpus, parse_size
+from pfc_mx.cli import run_cli
+from pfc_mx.cli.plan import main, parse_gpus, parse_size
+from tests.ranks import rank_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +214,7 @@ def test_bad_input_is_one_error_line_and_exit_2(argv, needle, capsys):
 
 def test_cli_process_exits_2_on_an_unknown_backbone():
     r = subprocess.run([sys.executable, "tools/plan.py", "--classes", "1000", "--backbone", "r50"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+                       cwd=ROOT, env=rank_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().startswith("error: unknown backbone 'r50'") and len(r.stderr.strip().splitlines()) == 1
 

@@ -1,16 +1,19 @@
-"""tools/study.py at tiny scale: seed aggregation, tables, the fits-in-memory decision, one real arm."""
+"""tools/study.py and its studies (study_training, study_cost) at tiny scale: aggregation, tables, fits, one arm."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pfc_mx.cli import run_cli
 from pfc_mx.errors import TrainingError
 from pfc_mx.capacity import GiB
-from tools import study
-from tools._cli import run_cli
+
+import study  # tools/study*.py (pytest's pythonpath)
+import study_common
+import study_cost
+import study_training
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY_TRAINING = ["--identities", "12", "--images", "4", "--holdout", "6", "--pairs", "20", "--batch", "8",
@@ -30,7 +33,7 @@ def table_rows(markdown: str) -> list:
 def test_aggregate_gives_numpy_mean_and_sample_std_per_condition_and_arm_in_order():
     values = {("noisy", "full softmax (rate 1.0)"): [0.81, 0.84, 0.79], ("noisy", "PFC 0.1"): [0.9, 0.7, 0.75],
               ("clean", "PFC 0.1"): [0.6]}
-    got = study.aggregate(runs(values))
+    got = study_training.aggregate(runs(values))
     assert [(g["condition"], g["arm"]) for g in got] == list(values)
     for g, v in zip(got, values.values()):
         assert g["n"] == len(v) and g["values"] == v
@@ -41,13 +44,13 @@ def test_aggregate_gives_numpy_mean_and_sample_std_per_condition_and_arm_in_orde
 def test_accuracy_table_shows_mean_std_seeds_and_difference_to_first_arm():
     record = {"runs": runs({("clean", "full softmax (rate 1.0)"): [0.80, 0.82, 0.84],
                             ("clean", "PFC 0.1"): [0.79, 0.80, 0.81]})}
-    rows = table_rows(study.accuracy_table(record))
+    rows = table_rows(study_training.accuracy_table(record))
     assert rows[0] == ["clean", "full softmax (rate 1.0)", "3", "82.00 ± 2.00", "", "80.00 82.00 84.00"]
     assert rows[1] == ["clean", "PFC 0.1", "3", "80.00 ± 1.00", "-2.00", "79.00 80.00 81.00"]
 
 
 def test_markdown_table_right_aligns_numeric_columns_only():
-    text = study.markdown_table(["name", "value", "note"], [["a", "1,234", "x"], ["b", "-5.5 ± 1", "y"]])
+    text = study_common.markdown_table(["name", "value", "note"], [["a", "1,234", "x"], ["b", "-5.5 ± 1", "y"]])
     lines = text.splitlines()
     assert lines[0] == "| name | value | note |"
     assert lines[1] == "|---|---:|---|"
@@ -56,14 +59,14 @@ def test_markdown_table_right_aligns_numeric_columns_only():
 
 def test_predicted_head_bytes_counts_centers_momentum_and_working_set():
     # rate 1: S = C; rate 0.1: S = max(int(0.1 · C), N)
-    assert study.predicted_head_bytes(1000, 1.0, 16, 8) == 4 * (2 * 1000 * 16 + 2 * (1000 * 16 + 8 * 1000))
-    assert study.predicted_head_bytes(1000, 0.1, 16, 8) == 4 * (2 * 1000 * 16 + 2 * (100 * 16 + 8 * 100))
-    assert study.predicted_head_bytes(1000, 0.01, 16, 64) == 4 * (2 * 1000 * 16 + 2 * (64 * 16 + 64 * 64))
+    assert study_cost.predicted_head_bytes(1000, 1.0, 16, 8) == 4 * (2 * 1000 * 16 + 2 * (1000 * 16 + 8 * 1000))
+    assert study_cost.predicted_head_bytes(1000, 0.1, 16, 8) == 4 * (2 * 1000 * 16 + 2 * (100 * 16 + 8 * 100))
+    assert study_cost.predicted_head_bytes(1000, 0.01, 16, 64) == 4 * (2 * 1000 * 16 + 2 * (64 * 16 + 64 * 64))
 
 
 def test_published_table_is_read_as_the_fc_layers_added_time_per_sample():
-    rows = table_rows(study.published_fc_cost())
-    assert [r[0] for r in rows] == [f"{c:,}" for c in sorted(study.ARCFACE_TORCH)]
+    rows = table_rows(study_cost.published_fc_cost())
+    assert [r[0] for r in rows] == [f"{c:,}" for c in sorted(study_cost.ARCFACE_TORCH)]
     assert rows[0][3:] == ["0.0", "0.0", "–"]
     # 4M: 1e6/1748 − 1e6/4824 µs (model parallel) against 1e6/4208 − 1e6/5004 µs (PFC 0.1)
     mp, pfc = 1e6 / 1748 - 1e6 / 4824, 1e6 / 4208 - 1e6 / 5004
@@ -71,15 +74,15 @@ def test_published_table_is_read_as_the_fc_layers_added_time_per_sample():
 
 
 def test_missing_numbers_keep_a_numeric_column_right_aligned():
-    text = study.markdown_table(["C", "ms", "gone"], [["1,000", "12", "–"], ["2,000", "does not fit", "–"]])
+    text = study_common.markdown_table(["C", "ms", "gone"], [["1,000", "12", "–"], ["2,000", "does not fit", "–"]])
     assert text.splitlines()[1] == "|---:|---:|---|"
 
 
 def test_fit_verdict_keeps_headroom_free():
-    assert study.fit_verdict(9 * GiB, 10 * GiB, 0.1) == (True, "fits in 9.0 GiB")
-    ok, words = study.fit_verdict(9 * GiB + 1, 10 * GiB, 0.1)
+    assert study_cost.fit_verdict(9 * GiB, 10 * GiB, 0.1) == (True, "fits in 9.0 GiB")
+    ok, words = study_cost.fit_verdict(9 * GiB + 1, 10 * GiB, 0.1)
     assert not ok and words == "does not fit in 9.0 GiB (needs 9.0 GiB)"
-    ok, words = study.fit_verdict(int(20.5 * GiB), 16 * GiB, 0.1)
+    ok, words = study_cost.fit_verdict(int(20.5 * GiB), 16 * GiB, 0.1)
     assert not ok and words == "does not fit in 14.4 GiB (needs 20.5 GiB)"
 
 
@@ -89,7 +92,7 @@ def test_cost_study_records_configurations_that_do_not_fit_without_running_them(
     record = json.loads((tmp_path / "cost.json").read_text())
     assert [(r["rate"], r["fits"]) for r in record["rows"]] == [(1.0, False), (0.1, False)]
     assert all("head_s" not in r for r in record["rows"])
-    assert record["rows"][1]["predicted_bytes"] == study.predicted_head_bytes(4_000_000, 0.1, 512, 256)
+    assert record["rows"][1]["predicted_bytes"] == study_cost.predicted_head_bytes(4_000_000, 0.1, 512, 256)
     text = (tmp_path / "cost.md").read_text()
     assert "does not fit in 0.9 GiB (needs 38.1 GiB)" in text and "does not fit in 0.9 GiB (needs 17.5 GiB)" in text
     assert (tmp_path / "cost.png").read_bytes()[:8] == PNG_MAGIC
@@ -152,6 +155,6 @@ def test_bad_options_give_one_line_and_exit_2(argv, message, capsys, tmp_path):
 
 
 def test_training_without_summary_line_is_a_training_error():
-    assert study.parse_summary('x\nsummary: {"steps": 3}\n') == {"steps": 3}
+    assert study_training.parse_summary('x\nsummary: {"steps": 3}\n') == {"steps": 3}
     with pytest.raises(TrainingError):
-        study.parse_summary("step 1/3 loss 20.0\n")
+        study_training.parse_summary("step 1/3 loss 20.0\n")

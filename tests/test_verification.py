@@ -10,8 +10,7 @@ from pfc_mx.data.verification_bin import load_bin, write_bin
 from pfc_mx.errors import DatasetError
 from pfc_mx.evaluation.verification import THRESHOLDS, embed, ten_fold_accuracy, verify
 from tests.test_ijb import make_pooling_onnx
-from tools import eval_verification
-from tools._cli import run_cli
+from pfc_mx.cli import eval_verification, run_cli
 
 
 @pytest.fixture(scope="module")

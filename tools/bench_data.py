@@ -32,9 +32,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 # MXNet reads OMP_NUM_THREADS once, when it loads; only then does ImageRecordIter(ctx="cpu")
 # follow omp_set_num_threads (below) instead of halving the core count.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
@@ -44,12 +41,12 @@ import cv2  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pfc_mx.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 from pfc_mx.data import faces  # noqa: E402
 from pfc_mx.data.integrity import decode_checked, image_info  # noqa: E402
 from pfc_mx.data.loader import RecordLoader  # noqa: E402
 from pfc_mx.data.recordio import RecordDataset  # noqa: E402
 from pfc_mx.data.writer import FlatWriter  # noqa: E402
-from tools._cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 
 
 def write_rec(path: Path, n: int, identities: int = 64) -> None:

@@ -40,13 +40,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from pfc_mx import blas
+from pfc_mx.cli import run_cli
+from pfc_mx.errors import ConfigError
 
-from pfc_mx import blas  # noqa: E402
-from pfc_mx.errors import ConfigError  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MIB = 1 << 20
 CORES = os.cpu_count() or 1

@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pfc_mx import checkpoint
+from pfc_mx.cli import run_cli
+from pfc_mx.errors import PfcError
 
-from pfc_mx import checkpoint  # noqa: E402
-from pfc_mx.errors import PfcError  # noqa: E402
-from tools._cli import run_cli  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # the embedded default dataset: identities seen in training, and held-out ones for the .bin
 DEMO_DATA = dict(num_identities=300, images_per_identity=24, holdout_identities=100, num_pairs=600,

@@ -1,9 +1,18 @@
-"""Shared entry wrapper of the command-line tools: user errors become one line and exit code 2."""
+"""The command-line tools: one module each (rec, export_onnx, eval_verification, eval_ijb, model_info,
+plan), and here what every tool shares.
+
+    python tools/rec.py validate data/      # in a checkout
+    pfc-rec validate data/                  # the same, installed (pfc_mx.cli.console)
+
+Both run the module's main(argv) through run_cli: a user error (PfcError) becomes one line
+`error: <message>` on stderr and exit code 2, and so does a usage error (ArgumentParser).
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+import multiprocessing as mp
 import sys
 from typing import Callable, List, Optional
 
@@ -45,6 +54,11 @@ fraction = number(float, 0.0, 1.0, what="in [0, 1]")  # a share of something, 0 
 positive_float = number(float, 0.0, low_open=True, what="a finite number > 0")
 
 
+def worker_pool(workers: int):
+    """A multiprocessing pool of `workers` processes for a tool's --workers (forked on Linux)."""
+    return mp.get_context("fork" if sys.platform.startswith("linux") else None).Pool(workers)
+
+
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
     """Call main(argv); print a PfcError as `error: <message>` on stderr and return 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -56,20 +70,3 @@ def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def _console(tool: str) -> Callable[[], int]:
-    """A console-script entry for tools/<tool>.py that goes through run_cli."""
-    def entry() -> int:
-        import importlib
-        return run_cli(importlib.import_module(f"tools.{tool}").main)
-    return entry
-
-
-# console scripts (pyproject.toml [project.scripts])
-rec = _console("rec")
-export_onnx = _console("export_onnx")
-eval_verification = _console("eval_verification")
-eval_ijb = _console("eval_ijb")
-model_info = _console("model_info")
-plan = _console("plan")
