@@ -67,7 +67,7 @@ class Run:
         state, self.last_ckpt = resume.resume(cfg, out, self.net, self.trainer, self.pfc, self.num_classes)
         if self.last_ckpt is None and cfg.model.pretrained:     # fine-tuning (pfc_mx/train/pretrained.py)
             pretrained.initialise(cfg, self.net, self.pfc, self.num_classes)
-        self.course = course = build.course(cfg, state, self.loader.dataset.num_images, self.global_batch, world)
+        course = build.course(cfg, state, self.loader.dataset.num_images, self.global_batch, world)
         self.loader.restore(state, mid_epoch=course.start.offset > 0)
         self.frame, self.schedule, self.start = course.frame, course.schedule, course.start
         self.saved_step = course.saved.step  # the step of the newest checkpoint (0: nothing to save yet)
