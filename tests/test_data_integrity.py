@@ -229,3 +229,16 @@ def test_flat_rec_without_property_warns_about_empty_classes(tmp_path, caplog, c
     assert "num_classes = largest label + 1 = 501, and 497 of those classes have no image" in caplog.text
     assert rec("validate", tmp_path / "train.rec", "--workers", "1") == 0
     assert "empty classes: 497 of 501 classes (largest label + 1, no property file)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_batch_with_no_decodable_image_stops_with_a_dataset_error(tmp_path, workers):
+    """Every record damaged: the batch and its spares run out; the loader (or its worker) says so."""
+    cut = cut_with_head(cv_jpeg(face(3)), 0.4, tmp_path)
+    with FlatWriter(tmp_path / "train.rec") as w:
+        for i in range(8):
+            w.add(cut, i % 2)
+    ds = RecordDataset(tmp_path / "train.rec")
+    with RecordLoader(ds, 4, num_workers=workers, max_corrupt_fraction=1.0) as ld:
+        with pytest.raises(DatasetError, match=r"no image of a batch of 4 \(and 8 spares\) decodes"):
+            next(iter(ld.epoch(0)))

@@ -6,10 +6,10 @@ Usage::
         for images, labels in loader.epoch(epoch, start_step=k):   # (B, 3, 112, 112) uint8 RGB, (B,) int32
             ...
 
-Worker processes (forked once, reused across epochs) read records by index, decode with
-OpenCV, resize to 112×112 if needed, and write the batch into one of `prefetch` slots of
-an anonymous shared memory map; only indices travel through the queues. num_workers=0
-does the same work in the calling process. Batch k of an epoch depends only on
+Worker processes (pfc_mx.data.workers; forked once, reused across epochs) read records by
+index, decode with OpenCV, resize to 112×112 if needed (pfc_mx.data.batch), and write the
+batch into one of `prefetch` slots of an anonymous shared memory map; only indices travel
+through the queues. num_workers=0 does the same work in the calling process. Batch k of an epoch depends only on
 (seed, epoch, k, rank), never on the number of workers, so runs and resumes are reproducible.
 
 A damaged record (one that does not decode, a JPEG or PNG cut short, decoder warnings:
@@ -26,110 +26,23 @@ sent to the whole process group must not kill them under it).
 """
 from __future__ import annotations
 
-import logging
 import mmap
 import multiprocessing as mp
 import os
 import queue
-import signal
 import sys
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
-import cv2
 import numpy as np
 
-from pfc_mx.data import augment
-from pfc_mx.data.checks import IMAGE_SIZE, WRONG_SIZE_POLICIES, check_sample, decode
+from pfc_mx.data.batch import load_batch
+from pfc_mx.data.checks import IMAGE_SIZE, WRONG_SIZE_POLICIES, check_sample
 from pfc_mx.data.health import DataHealth
-from pfc_mx.data.recordio import RecordDataset, unpack_header
+from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.data.sampler import ShardedSampler
-
-log = logging.getLogger(__name__)
+from pfc_mx.data.workers import POLL_S, exit_reason, worker_loop
 
 NUM_SPARES = 8  # replacement candidates per batch for corrupt records
-_POLL_S = 1.0
-
-
-def load_batch(dataset: RecordDataset, indices: np.ndarray, spares: np.ndarray, out: np.ndarray,
-               key: Tuple[int, ...], mirror: bool, color_jitter: float,
-               on_wrong_size: str = "resize") -> Tuple[np.ndarray, Dict[int, str], Dict[int, str]]:
-    """Decode + augment images `indices` (B,) into out (B, 3, S, S) uint8.
-
-    Returns (used (B,) image indices actually placed, after replacing damaged (or, with
-    on_wrong_size "skip", wrongly sized) ones from `spares`; {damaged image index: why};
-    {image index of another size or channel count: its 'WxHxC'}). key seeds the augmentation.
-    """
-    used = np.array(indices, np.int64)
-    corrupt: Dict[int, str] = {}
-    wrong: Dict[int, str] = {}
-    spare_iter = iter(spares.tolist())
-    missing = []
-    size = out.shape[-1]
-    for pos, i in enumerate(indices.tolist()):
-        while True:
-            img, fault, shape = decode(dataset, i, size, on_wrong_size)
-            if shape:
-                wrong[i] = shape
-            if img is not None:
-                break
-            if fault:
-                corrupt[i] = fault
-            i = next(spare_iter, None)
-            if i is None:
-                break
-        if img is None:
-            missing.append(pos)
-            continue
-        used[pos] = i
-        out[pos] = img.transpose(2, 0, 1)
-    if missing:  # spares exhausted: repeat decoded images of this batch
-        good = np.setdiff1d(np.arange(len(indices)), missing)
-        if good.size == 0:
-            raise DatasetError(f"{dataset.path}: no image of a batch of {len(indices)} (and {len(spares)} spares) "
-                               "decodes" + (f" at {size}x{size}x3 (data.on_wrong_size: skip)" if wrong else ""))
-        for n, pos in enumerate(missing):
-            src = good[n % good.size]
-            out[pos], used[pos] = out[src], used[src]
-    params = augment.draw(np.random.default_rng(list(key)), len(indices), mirror, color_jitter)
-    out[...] = augment.apply(out, params)
-    return used, corrupt, wrong
-
-
-def _worker(dataset: RecordDataset, slots: np.ndarray, tasks, results, parent: int, mirror: bool,
-            jitter: float, on_wrong_size: str) -> None:
-    """Worker process loop: (task id, slot, indices, spares, key) → (task id, used, corrupt, wrong, error)."""
-    cv2.setNumThreads(1)
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
-    while True:
-        try:
-            task = tasks.get(timeout=_POLL_S)
-        except queue.Empty:
-            if os.getppid() != parent:  # the trainer died: do not linger
-                return
-            continue
-        if task is None:
-            return
-        tid, slot, indices, spares, key = task
-        try:
-            used, corrupt, wrong = load_batch(dataset, indices, spares, slots[slot, :len(indices)], key, mirror,
-                                              jitter, on_wrong_size)
-            results.put((tid, used, corrupt, wrong, None))
-        except Exception as e:  # reported to the parent, which raises it
-            results.put((tid, None, None, None, e if isinstance(e, DatasetError) else
-                         RuntimeError(f"data loader worker failed: {e!r}")))
-
-
-def exit_reason(code: Optional[int]) -> str:
-    """How a process ended, in words: 'exit code 3', 'killed by SIGKILL (...)'."""
-    if code is None or code >= 0:
-        return f"exit code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    hint = ": out of memory? (the kernel's OOM killer sends SIGKILL; see dmesg)" if -code == signal.SIGKILL else ""
-    return f"killed by {name}{hint}"
 
 
 class RecordLoader:
@@ -178,7 +91,7 @@ class RecordLoader:
         ctx = mp.get_context(method)
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
         for n in range(self.num_workers):
-            p = ctx.Process(target=_worker, name=f"pfc-loader-{self.rank}-{n}", daemon=True,
+            p = ctx.Process(target=worker_loop, name=f"pfc-loader-{self.rank}-{n}", daemon=True,
                             args=(self.dataset, self._slots, self._tasks, self._results, os.getpid(),
                                   self.mirror, self.color_jitter, self.on_wrong_size))
             p.start()
@@ -251,7 +164,7 @@ class RecordLoader:
         """Block until task tid is done; results of other tasks are kept for later."""
         while tid not in self._done:
             try:
-                got = self._results.get(timeout=_POLL_S)
+                got = self._results.get(timeout=POLL_S)
             except queue.Empty:
                 dead = [p for p in self._workers if not p.is_alive()]
                 if dead:
