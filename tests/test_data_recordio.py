@@ -9,7 +9,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from pfc_mx.data.recordio import MAGIC, RecordDataset
+from pfc_mx.data.record_format import MAGIC
+from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.data.writer import FlatWriter, InsightfaceWriter
 from pfc_mx.errors import DatasetError
 

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from pfc_mx.data.integrity import decode_checked, image_info
-from pfc_mx.data.recordio import RecordDataset, unpack_header
+from pfc_mx.data.record_format import unpack_header
+from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.errors import DatasetError
 
 log = logging.getLogger(__name__)
