@@ -29,7 +29,7 @@ import pytest
 from pfc_mx import checkpoint
 from pfc_mx.data import RecordDataset
 from pfc_mx.errors import ConfigError
-from pfc_mx.train import faults, injection
+from pfc_mx.train import faults, injection, processes, rank_monitor
 from tests.ranks import (ROOT, TRAIN, exit_codes, finish, horovodrun_command, kill_tree, launch, rank_env, rank_pids,
                          recording_exit_codes, spawn, synthetic)
 
@@ -214,7 +214,7 @@ def test_stop_signals_only_record_and_restore_the_handlers():
 def test_launchers_are_the_chain_up_to_horovodrun_and_nothing_above(tmp_path):
     """A hard stop watches the processes between a rank and its horovodrun only: not a login shell
     above it, and nothing at all without horovodrun (where the pytest process has none)."""
-    assert faults._launchers() == []
+    assert processes.launchers() == []
     fake = tmp_path / "horovodrun"  # a stand-in launcher: python running a script named horovodrun
     fake.write_text("import subprocess, sys\n"
                     "subprocess.run(['/bin/sh', '-c', sys.executable + ' -c \"import time; time.sleep(60)\"; true'])\n")
@@ -231,13 +231,13 @@ def test_launchers_are_the_chain_up_to_horovodrun_and_nothing_above(tmp_path):
                     pass
             leaf = below[0].pid if below else None
             time.sleep(0.05)
-        chain = faults._launchers(leaf)
+        chain = processes.launchers(leaf)
         assert [pid for pid, _ in chain][-1] == launcher.pid and len(chain) == 2  # the shell, then horovodrun
-        assert not faults._any_gone(chain)
+        assert not processes.any_gone(chain)
     finally:
         launcher.kill()
         launcher.wait()
-    assert faults._any_gone(chain)  # the launcher is gone
+    assert processes.any_gone(chain)  # the launcher is gone
 
 
 def test_a_helper_gone_under_a_live_horovodrun_is_a_normal_stop_and_a_gone_horovodrun_a_hard_one(monkeypatch):
@@ -247,9 +247,9 @@ def test_a_helper_gone_under_a_live_horovodrun_is_a_normal_stop_and_a_gone_horov
     monkeypatch.setattr(faults.os, "kill", lambda pid, sig: killed.append(sig))
     before = signal.getsignal(signal.SIGTERM)
     helper = subprocess.Popen([sys.executable, "-c", "pass"])
-    ticks = faults._proc_stat(helper.pid)[2]
+    ticks = processes.proc_stat(helper.pid)[2]
     helper.wait()
-    alive = (os.getpid(), faults._proc_stat(os.getpid())[2])
+    alive = (os.getpid(), processes.proc_stat(os.getpid())[2])
     try:
         signals = faults.StopSignals()
         signals._launchers = [(helper.pid, ticks), alive]  # the chain ends with horovodrun: here alive
@@ -264,17 +264,17 @@ def test_a_helper_gone_under_a_live_horovodrun_is_a_normal_stop_and_a_gone_horov
 
 def test_any_gone_sees_exit_zombie_and_pid_reuse():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    state, ppid, ticks = faults._proc_stat(child.pid)
+    state, ppid, ticks = processes.proc_stat(child.pid)
     assert ppid == os.getpid() and state != "Z"
-    assert not faults._any_gone([(child.pid, ticks)])
-    assert faults._any_gone([(child.pid, ticks + 1)])  # same pid, another start: another process
+    assert not processes.any_gone([(child.pid, ticks)])
+    assert processes.any_gone([(child.pid, ticks + 1)])  # same pid, another start: another process
     child.kill()
     deadline = time.time() + 10
-    while faults._proc_stat(child.pid)[0] != "Z" and time.time() < deadline:
+    while processes.proc_stat(child.pid)[0] != "Z" and time.time() < deadline:
         time.sleep(0.01)
-    assert faults._any_gone([(child.pid, ticks)])  # a zombie, not reaped yet
+    assert processes.any_gone([(child.pid, ticks)])  # a zombie, not reaped yet
     child.wait()
-    assert faults._proc_stat(child.pid) is None and faults._any_gone([(child.pid, ticks)])
+    assert processes.proc_stat(child.pid) is None and processes.any_gone([(child.pid, ticks)])
 
 
 # ---------------------------------------------------------------- 2. a lost rank
@@ -308,7 +308,7 @@ def test_lost_rank_ends_the_others_within_60_s_naming_it(data, jobs, sig, victim
 
 def _peer(pid: int) -> tuple:
     """A RankMonitor peer entry for process pid on this host."""
-    return (socket.gethostname(), faults._pid_namespace(), pid)
+    return (socket.gethostname(), processes.pid_namespace(), pid)
 
 
 def test_rank_monitor_names_a_dead_peer_and_exits_even_without_a_collective(tmp_path, monkeypatch):
@@ -318,9 +318,9 @@ def test_rank_monitor_names_a_dead_peer_and_exits_even_without_a_collective(tmp_
         exited.append(code)
         monitor.stop()
 
-    monkeypatch.setattr(faults, "_exit", fake_exit)
+    monkeypatch.setattr(rank_monitor, "_exit", fake_exit)
     peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    monitor = faults.RankMonitor(tmp_path, interval_s=0.05, orphan_timeout_s=0.3,
+    monitor = rank_monitor.RankMonitor(tmp_path, interval_s=0.05, orphan_timeout_s=0.3,
                                  peers=[_peer(os.getpid()), _peer(peer.pid)], rank=0).start()
     try:
         time.sleep(0.5)
@@ -341,7 +341,7 @@ def test_a_peer_that_dies_while_the_monitor_waits_is_named_as_gone(tmp_path):
     """A killed rank's sockets close before the kernel has turned it into a zombie: the first look
     at the process table may still see it running, so the monitor looks again after its wait."""
     peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    monitor = faults.RankMonitor(tmp_path, peers=[_peer(os.getpid()), _peer(peer.pid)], rank=0)
+    monitor = rank_monitor.RankMonitor(tmp_path, peers=[_peer(os.getpid()), _peer(peer.pid)], rank=0)
     killer = threading.Timer(0.1, peer.kill)
     killer.start()
     try:
@@ -366,9 +366,9 @@ def test_peer_lost_recognises_failed_collectives_only(monkeypatch, message, lost
 
 
 def test_rank_monitor_names_a_peer_whose_heartbeat_stopped(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(faults, "_exit", lambda code: sys.exit(code))
+    monkeypatch.setattr(rank_monitor, "_exit", lambda code: sys.exit(code))
     (tmp_path / "rank1").write_text("7\n")  # a peer on another host that stopped beating
-    monitor = faults.RankMonitor(tmp_path, interval_s=0.05, peers=[_peer(os.getpid()), ("elsewhere", "", 4242)],
+    monitor = rank_monitor.RankMonitor(tmp_path, interval_s=0.05, peers=[_peer(os.getpid()), ("elsewhere", "", 4242)],
                                  rank=0).start()
     with pytest.raises(SystemExit) as e:
         monitor.fail("a collective failed")

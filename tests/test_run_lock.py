@@ -7,11 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from pfc_mx.train.faults import _pid_namespace, _proc_stat
+from pfc_mx.train.processes import pid_namespace, proc_stat
 from pfc_mx.train.run_lock import LOCK_NAME, RunLock, RunLockedError
 from tests.ranks import ROOT, kill_tree, rank_pids, spawn
 
@@ -24,8 +23,8 @@ def dead_pid() -> int:
 
 
 def holder(**changes) -> dict:
-    me = {"host": socket.gethostname(), "pid_ns": _pid_namespace(), "pid": os.getpid(),
-          "start_ticks": _proc_stat(os.getpid())[2], "started": "2026-01-01 00:00:00 UTC"}
+    me = {"host": socket.gethostname(), "pid_ns": pid_namespace(), "pid": os.getpid(),
+          "start_ticks": proc_stat(os.getpid())[2], "started": "2026-01-01 00:00:00 UTC"}
     return {**me, **changes}
 
 

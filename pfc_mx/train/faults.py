@@ -1,4 +1,4 @@
-"""How a run meets faults: stop signals (preemption), lost ranks, failures on one rank.
+"""How a run meets faults: stop signals (preemption) and failures on one rank, agreed at step boundaries.
 
 Usage (what the training loop does)::
 
@@ -13,80 +13,27 @@ Usage (what the training loop does)::
 
 Exit codes of train_horovod.py (docs/reliability.md): 0 finished, 2 a PfcError (one line),
 EXIT_PREEMPTED after a stop signal and a complete checkpoint, EXIT_RANK_LOST when another rank
-died or froze. A lost rank makes Horovod shut down (at once when its connections break, after
-HOROVOD_GLOO_TIMEOUT_SECONDS, default 30, when it freezes); RankMonitor.fail then names it and
-ends this process with os._exit, since a normal exit would wait in Horovod's shutdown for the
-dead peer.
+died or froze (pfc_mx.train.rank_monitor names the lost rank and ends this process; `peer_lost`
+tells such a collective failure from others).
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
-import socket
-import sys
 import threading
-import time
-from pathlib import Path
-from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import mxnet as mx
 
 from pfc_mx import dist, errors
+from pfc_mx.train.processes import any_gone, launchers
 
 log = logging.getLogger("pfc_mx.train")
 
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
 EXIT_RANK_LOST = 69  # sysexits EX_UNAVAILABLE: another rank died or stopped answering
 STOP_FLAG = "pfc_mx.stop_flag"
-_exit = os._exit  # replaced in unit tests
-
-
-def _proc_stat(pid: int) -> Optional[Tuple[str, int, int]]:
-    """(state letter, parent pid, start time in clock ticks since boot) of a process; None when gone.
-
-    Read from /proc/<pid>/stat: the start time in ticks is fixed for the life of a process (unlike
-    a wall-clock start time, which moves when the clock is stepped), so (pid, ticks) names one
-    process even after its pid is reused.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # fields 3… of proc(5); the name may hold spaces
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _launchers(pid: Optional[int] = None) -> List[Tuple[int, int]]:
-    """(pid, start ticks) of the processes between this rank and the `horovodrun` that launched it,
-    that launcher included; [] when no horovodrun is among the ancestors (another launcher, a plain
-    process, a rank on a remote host, or no /proc)."""
-    chain: List[Tuple[int, int]] = []
-    stat = _proc_stat(os.getpid() if pid is None else pid)
-    while stat is not None and stat[1] > 1:
-        parent = stat[1]
-        stat = _proc_stat(parent)
-        if stat is None:
-            return []
-        chain.append((parent, stat[2]))
-        try:
-            with open(f"/proc/{parent}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            return []
-        if any(os.path.basename(a) == b"horovodrun" for a in argv[:2]):  # the script, or python running it
-            return chain
-    return []
-
-
-def _any_gone(processes: Sequence[Tuple[int, int]]) -> bool:
-    """Whether one of the (pid, start ticks) processes has ended (a zombie, not yet reaped, has)."""
-    for pid, started in processes:
-        stat = _proc_stat(pid)
-        if stat is None or stat[2] != started or stat[0] == "Z":
-            return True
-    return False
 
 
 class StopSignals:
@@ -109,7 +56,7 @@ class StopSignals:
         self._launchers: List[Tuple[int, int]] = []
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self._launchers and _any_gone(self._launchers[-1:]):  # horovodrun itself
+        if self._launchers and any_gone(self._launchers[-1:]):  # horovodrun itself
             os.write(2, f"pfc_mx: {signal.Signals(signum).name} after horovodrun ended: stopping at once, no checkpoint\n"
                         .encode())
             signal.signal(signum, signal.SIG_DFL)
@@ -119,7 +66,7 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
-            self._launchers = _launchers()
+            self._launchers = launchers()
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
@@ -185,122 +132,3 @@ def peer_lost(error: BaseException) -> bool:
     """True when an MXNet error comes from a collective that failed (a peer died or froze)."""
     text = str(error).lower()
     return dist.size() > 1 and any(marker in text for marker in PEER_LOST_MARKERS)
-
-
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    """Whether process pid (in this pid namespace) still runs (a zombie counts as gone)."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-class RankMonitor:
-    """Names lost ranks: a same-host peer whose process is gone, or a peer whose heartbeat stopped.
-
-    Every rank's thread writes a counter into `<folder>/rank{r}` every interval_s (the output
-    folder is shared by all ranks, as checkpoints need). `fail` is called when a collective
-    failed; as a last resort the thread itself calls it when a same-host peer has been gone for
-    orphan_timeout_s while this rank still runs. peers: [(host, pid namespace, pid)] per rank
-    (default: gathered from all ranks in start()).
-    """
-
-    def __init__(self, folder: Path, interval_s: float = 1.0, orphan_timeout_s: float = 30.0,
-                 peers: Optional[Sequence[Tuple[str, str, int]]] = None, rank: Optional[int] = None) -> None:
-        self.folder = Path(folder)
-        self.interval_s, self.orphan_timeout_s = interval_s, orphan_timeout_s
-        self.peers = list(peers) if peers is not None else None
-        self.rank = rank
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self) -> "RankMonitor":
-        """Collective (unless peers were given): learn the peers and start the heartbeat thread."""
-        if self.rank is None:
-            self.rank = dist.rank()
-        if self.peers is None:
-            self.peers = dist.allgather_object((socket.gethostname(), _pid_namespace(), os.getpid()))
-        if len(self.peers) > 1:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._thread = threading.Thread(target=self._run, name="pfc-rank-monitor", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the heartbeat thread (idempotent)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._thread = None
-
-    def __enter__(self) -> "RankMonitor":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        beat, gone_since = 0, {}
-        while not self._stop.is_set():
-            beat += 1
-            try:
-                (self.folder / f"rank{self.rank}").write_text(f"{beat}\n")
-            except OSError:
-                pass  # a full disk must not end the run from here; lost_ranks then relies on pids
-            now = time.monotonic()
-            for r in self._gone_local():
-                gone_since.setdefault(r, now)
-            if any(now - t > self.orphan_timeout_s for t in gone_since.values()):
-                self.fail(f"no collective reported it within {self.orphan_timeout_s:g} s")
-            self._stop.wait(self.interval_s)
-
-    def _gone_local(self) -> List[int]:
-        host, ns = socket.gethostname(), _pid_namespace()
-        return [r for r, (h, n, pid) in enumerate(self.peers or [])
-                if r != self.rank and (h, n) == (host, ns) and not _alive(pid)]
-
-    def _beats(self) -> Dict[int, Optional[str]]:
-        beats: Dict[int, Optional[str]] = {}
-        for r in range(len(self.peers or [])):
-            try:
-                beats[r] = (self.folder / f"rank{r}").read_text()
-            except OSError:
-                beats[r] = None
-        return beats
-
-    def lost_ranks(self, wait_s: Optional[float] = None) -> Dict[int, str]:
-        """{rank: why} of the lost peers: gone same-host processes, else heartbeats unchanged over wait_s.
-
-        A killed peer's connections close while the kernel still tears the process down (it shows
-        as running until it becomes a zombie), so the process table is read again after the wait.
-        """
-        gone = self._gone_local()
-        if not gone:
-            wait_s = 2.5 * self.interval_s if wait_s is None else wait_s
-            before = self._beats()
-            time.sleep(wait_s)
-            after = self._beats()
-            gone = self._gone_local()
-            if not gone:
-                return {r: f"no heartbeat for {wait_s:.1f} s (frozen, or its host is down)"
-                        for r in after if r != self.rank and (after[r] is None or after[r] == before[r])}
-        return {r: "its process is gone (exited or killed)" for r in gone}
-
-    def fail(self, cause: str) -> NoReturn:
-        """Log which ranks are lost and why, then end this process with EXIT_RANK_LOST."""
-        lost = self.lost_ranks()
-        who = "; ".join(f"rank {r} (pid {self.peers[r][2]} on {self.peers[r][0]}) is lost: {why}"
-                        for r, why in sorted(lost.items())) or "lost contact with the other ranks (none identified)"
-        message = (f"{who}; {cause}. Rank {self.rank} stops with exit code {EXIT_RANK_LOST}; "
-                   "rerun to resume from the last complete checkpoint")
-        log.error(message)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        sys.stderr.write(f"error: {message}\n")  # the process ends here, not in run_cli
-        sys.stderr.flush()
-        _exit(EXIT_RANK_LOST)

@@ -17,6 +17,7 @@ from pfc_mx import dist
 from pfc_mx.config import Config, check_data_paths
 from pfc_mx.errors import ConfigError, first_line
 from pfc_mx.train import faults
+from pfc_mx.train.rank_monitor import RankMonitor
 from pfc_mx.train.injection import Injection
 from pfc_mx.train.loop import Run
 from pfc_mx.train.reporting import setup_logging
@@ -62,7 +63,7 @@ def train(cfg: Config, injection: Optional[Injection] = None) -> Dict[str, Any]:
     setup_logging(out)
     if lock is not None and lock.took_over:
         log.warning(lock.took_over)
-    monitor = faults.RankMonitor(out / "logs" / "heartbeat")
+    monitor = RankMonitor(out / "logs" / "heartbeat")
     run: Optional[Run] = None
     preempted = False
     with faults.StopSignals() as signals:  # also covers the closing work: a launcher's SIGTERM waits for it

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from pfc_mx.errors import ConfigError
-from pfc_mx.train.faults import _pid_namespace, _proc_stat
+from pfc_mx.train.processes import pid_namespace, proc_stat
 
 LOCK_NAME = "run.lock"
 
@@ -35,8 +35,8 @@ class RunLockedError(ConfigError):
 
 
 def _me() -> Dict[str, Any]:
-    stat = _proc_stat(os.getpid())
-    return {"host": socket.gethostname(), "pid_ns": _pid_namespace(), "pid": os.getpid(),
+    stat = proc_stat(os.getpid())
+    return {"host": socket.gethostname(), "pid_ns": pid_namespace(), "pid": os.getpid(),
             "start_ticks": stat[2] if stat else None, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
@@ -61,7 +61,7 @@ class RunLock:
     def stale_reason(self, holder: Dict[str, Any], age_s: float) -> str:
         """Why a lock held by `holder`, last touched age_s seconds ago, is stale; '' if it is live."""
         if (holder.get("host"), holder.get("pid_ns")) == (self.owner["host"], self.owner["pid_ns"]):
-            stat = _proc_stat(int(holder.get("pid", 0)))
+            stat = proc_stat(int(holder.get("pid", 0)))
             if stat is None or stat[0] == "Z" or stat[2] != holder.get("start_ticks"):
                 return "its process is gone"
             return ""
