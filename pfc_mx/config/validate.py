@@ -1,0 +1,84 @@
+"""A plain dict tree (parsed YAML) into a Config: unknown keys refused with a suggestion, types and ranges checked."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import fields
+from typing import Any, Dict, List, Union, get_args, get_origin, get_type_hints
+
+from pfc_mx.config.rules import RANGES, check_cross
+from pfc_mx.config.schema import Config
+from pfc_mx.errors import ConfigError
+
+
+def _suggest(key: str, valid: List[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check value against a type hint (int, float, bool, str, List[...], Union[...])."""
+    origin = get_origin(hint)
+    if origin is Union:
+        for option in get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} has the wrong type")
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = get_args(hint)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported type hint {hint}")  # a bug in the schema, not user input
+
+
+def build_config(tree: Dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict tree into a Config; raises ConfigError naming the bad key."""
+    sections = {f.name: f for f in fields(Config)}
+    values: Dict[str, Any] = {}
+    for name, value in tree.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown key '{name}'{_suggest(name, list(sections))}")
+        hint = get_type_hints(Config)[name]
+        if not dataclasses.is_dataclass(hint):
+            values[name] = _coerce(value, hint, f"{source}: {name}")
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping")
+        hints = get_type_hints(hint)
+        kw = {}
+        for key, v in value.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key '{name}.{key}'{_suggest(key, list(hints))}")
+            v = _coerce(v, hints[key], f"{source}: {name}.{key}")
+            check = RANGES.get((name, key))
+            if check and not check[0](v):
+                raise ConfigError(f"{source}: {name}.{key} = {v!r} must be {check[1]}")
+            kw[key] = v
+        values[name] = hint(**kw)
+    cfg = Config(**values)
+    check_cross(cfg, source)
+    return cfg
