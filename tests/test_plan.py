@@ -1,4 +1,4 @@
-"""tools/plan.py and pfc_mx/capacity.py: published memory tables, shard and traffic arithmetic, bad input."""
+"""tools/plan.py and pfc_mx/capacity/: published memory tables, shard and traffic arithmetic, bad input."""
 from __future__ import annotations
 
 import subprocess

@@ -7,7 +7,7 @@
 --gpus takes a count (8) or hosts × GPUs per host (2x8). With --config, the recipe gives
 classes, batch, embedding size, sample rate, fp16, backbone and centers_on; flags override
 it. Sizes take binary units (32GB = 32 GiB; a number alone is GiB). The arithmetic and its
-assumptions live in pfc_mx/capacity.py; the output prints both.
+assumptions live in pfc_mx/capacity/; the output prints both.
 """
 from __future__ import annotations
 
