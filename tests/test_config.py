@@ -162,6 +162,6 @@ def test_config_accepts_exactly_the_margins_the_margin_module_accepts(spec):
     assert got == expected
 
 
-def test_loading_a_config_does_not_load_mxnet():
-    code = "import sys, pfc_mx.config; sys.exit('mxnet' in sys.modules)"
+def test_loading_a_config_does_not_load_mxnet_or_opencv():
+    code = "import sys, pfc_mx.config; sys.exit('mxnet' in sys.modules or 'cv2' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

@@ -1,15 +1,17 @@
 """What values the configuration accepts: one range per key, and the rules between keys.
 
-RANGES maps (section, key) to (predicate, what it must be); the head's option values and the
-margin presets come from their owners (pfc_mx.head.options, pfc_mx.margin), never restated here.
+RANGES maps (section, key) to (predicate, what it must be); the head's option values, the data's
+and the margin presets come from their owners (pfc_mx.head.options, pfc_mx.data.options,
+pfc_mx.margin), never restated here.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
 from pfc_mx.config.schema import Config
+from pfc_mx.data.options import WRONG_SIZE_POLICIES
 from pfc_mx.errors import ConfigError
-from pfc_mx.head.options import RULES as HEAD_RULES
+from pfc_mx.head.options import RULES as HEAD_RULES, one_of
 from pfc_mx.margin import margin_problem
 
 
@@ -37,7 +39,7 @@ RANGES: Dict[Tuple[str, str], Tuple[Any, str]] = {
     ("data", "num_workers"): (_non_negative, ">= 0"),
     ("data", "color_jitter"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("data", "max_corrupt_fraction"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("data", "on_wrong_size"): (lambda v: v in ("resize", "skip", "error"), "'resize', 'skip' or 'error'"),
+    ("data", "on_wrong_size"): (lambda v: v in WRONG_SIZE_POLICIES, one_of(WRONG_SIZE_POLICIES)),
     ("optim", "lr"): (_positive, "> 0"),
     ("optim", "reference_batch"): (_non_negative, ">= 0"),
     ("optim", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),

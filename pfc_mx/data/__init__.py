@@ -1,7 +1,17 @@
-"""Data: RecordIO datasets, rank-sharded sampling, the parallel loader, `.bin` sets, synthetic faces."""
-from pfc_mx.data.loader import RecordLoader
-from pfc_mx.data.recordio import RecordDataset
-from pfc_mx.data.sampler import ShardedSampler
-from pfc_mx.data.verification_bin import load_bin, write_bin
+"""Data: RecordIO datasets, rank-sharded sampling, the parallel loader, `.bin` sets, synthetic faces.
 
-__all__ = ["RecordDataset", "RecordLoader", "ShardedSampler", "load_bin", "write_bin"]
+The names below load on first use: importing pfc_mx.data.options (the config does) must not
+load OpenCV.
+"""
+import importlib
+from typing import Any
+
+_HOMES = {"RecordDataset": "recordio", "RecordLoader": "loader", "ShardedSampler": "sampler",
+          "load_bin": "verification_bin", "write_bin": "verification_bin"}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"pfc_mx.data.{_HOMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

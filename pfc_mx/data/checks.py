@@ -19,14 +19,13 @@ import cv2
 import numpy as np
 
 from pfc_mx.data.integrity import decode_checked, image_info
+from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.data.record_format import unpack_header
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 112
-WRONG_SIZE_POLICIES = ("resize", "skip", "error")
 SAMPLE = 64  # image headers read when a loader opens a dataset
 
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Set
 
 import numpy as np
 
-from pfc_mx.data.checks import IMAGE_SIZE
+from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.errors import DatasetError
 

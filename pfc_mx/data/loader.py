@@ -36,8 +36,9 @@ from typing import Any, Dict, Iterator, List, Tuple
 import numpy as np
 
 from pfc_mx.data.batch import load_batch
-from pfc_mx.data.checks import IMAGE_SIZE, WRONG_SIZE_POLICIES, check_sample
+from pfc_mx.data.checks import check_sample
 from pfc_mx.data.health import DataHealth
+from pfc_mx.data.options import IMAGE_SIZE, WRONG_SIZE_POLICIES
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.data.sampler import ShardedSampler
 from pfc_mx.data.workers import POLL_S, exit_reason, worker_loop

@@ -16,11 +16,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pfc_mx.data import options as data_options
 from pfc_mx.errors import ExportError
 
 OPSET = 13
 IR_VERSION = 7
-IMAGE_SIZE = (112, 112)
+IMAGE_SIZE = (data_options.IMAGE_SIZE, data_options.IMAGE_SIZE)  # (H, W) of the model's input
 SUB_NAME, MUL_NAME = "Sub_input_mean", "Mul_input_scale"
 
 
