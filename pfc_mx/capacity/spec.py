@@ -6,6 +6,7 @@ from typing import Optional
 
 from pfc_mx.capacity.tables import BACKBONES, CALIBRATIONS, DEFAULT_CALIBRATION
 from pfc_mx.errors import ConfigError
+from pfc_mx.head.options import CENTERS_ON
 from pfc_mx.shard import num_sample, shard_range
 
 
@@ -41,8 +42,8 @@ def validate(spec: RunSpec) -> None:
         raise ConfigError(f"unknown backbone '{spec.backbone}'; valid: {', '.join(BACKBONES)}")
     if spec.calibration not in CALIBRATIONS:
         raise ConfigError(f"unknown calibration '{spec.calibration}'; valid: {', '.join(CALIBRATIONS)}")
-    if spec.centers_on not in ("device", "host"):
-        raise ConfigError(f"--centers-on must be device or host, got {spec.centers_on!r}")
+    if spec.centers_on not in CENTERS_ON:
+        raise ConfigError(f"--centers-on must be {' or '.join(CENTERS_ON)}, got {spec.centers_on!r}")
     for name, value in (("activation-per-image", spec.activation_bytes_per_image),
                         ("overhead", spec.overhead_bytes)):
         if value is not None and value < 0:

@@ -16,10 +16,11 @@ import re
 import sys
 from typing import List, Optional, Tuple
 
+from pfc_mx.capacity import (BACKBONES, CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_HEADROOM, GiB, MiB, Item, Plan,
+                             RunSpec, fits, make_plan)
 from pfc_mx.cli import run_cli
 from pfc_mx.errors import ConfigError
-from pfc_mx.capacity import (BACKBONES, CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_HEADROOM, GiB, MiB,
-                         Item, Plan, RunSpec, fits, make_plan)
+from pfc_mx.head.options import CENTERS_ON
 
 _UNITS = {"k": 1 << 10, "m": MiB, "g": GiB, "t": 1 << 40}
 
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=float, help="Partial FC sample rate in (0, 1] (default 1.0)")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None, help="mixed precision")
     p.add_argument("--backbone", help=f"one of {', '.join(BACKBONES)} (default iresnet50)")
-    p.add_argument("--centers-on", choices=("device", "host"), help="where centers + momentum live")
+    p.add_argument("--centers-on", choices=CENTERS_ON, help="where centers + momentum live")
     p.add_argument("--gpu-mem", help="GPU memory for the verdict, e.g. 32GB, 80GB, 24GiB")
     p.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
                    help=f"fraction of GPU memory a 'fits' leaves free (default {DEFAULT_HEADROOM})")
