@@ -2,7 +2,7 @@
 
 Usage (what the training loop does)::
 
-    with StopSignals() as signals, RankMonitor(out / "logs" / "heartbeat") as monitor:
+    with StopSignals() as signals:                    # in pfc_mx.train.job, inside a RankMonitor
         for step in ...:
             batch, error = fetch()                        # an exception is kept, not raised
             stop, failed = agree(signals.received is not None, error is not None)
