@@ -30,9 +30,10 @@ from mxnet.gluon import HybridBlock, nn
 from pfc_mx.errors import ModelError
 from symbols.common import Backbone
 from symbols.iresnet import SPECS, IResNet
-from symbols.legacy_import import family, graph_facts, infer_mobilefacenet_spec, match_batch_norms, read_symbol
+from symbols.legacy_graph import family, graph_facts, infer_mobilefacenet_spec, match_batch_norms, read_symbol
 from symbols.mobilefacenet import MobileFaceNet
 from symbols.registry import get_model
+from symbols.symbol_files import read_params
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +119,6 @@ def save_legacy_checkpoint(net: Backbone, prefix: str, epoch: int = 0) -> None:
     _write(net, prefix, epoch, legacy_names(net))
 
 
-def read_params(prefix: str, epoch: int = 0) -> Dict[str, mx.nd.NDArray]:
-    """{name without arg:/aux:: array} of prefix-%04d.params; ModelError if missing or unreadable."""
-    path = f"{prefix}-{epoch:04d}.params"
-    if not Path(path).is_file():
-        raise ModelError(f"{path}: no such parameter file")
-    try:
-        saved = mx.nd.load(path)
-    except mx.base.MXNetError:
-        raise ModelError(f"{path}: not a readable MXNet parameter file") from None
-    if not isinstance(saved, dict):
-        raise ModelError(f"{path}: holds an unnamed list of arrays, not arg:/aux: tensors")
-    return {key.split(":", 1)[1] if key.startswith(("arg:", "aux:")) else key: array
-            for key, array in saved.items()}
-
-
 def infer_iresnet_spec(tensors: Dict[str, Any], source: str) -> Tuple[Tuple[int, ...], Tuple[int, ...], int]:
     """(units, channels, embedding_size) of an IResNet checkpoint, from its tensor names and shapes."""
     units: Dict[int, int] = {}
@@ -199,7 +185,7 @@ def load_legacy_checkpoint(prefix: str, epoch: int = 0, net: Optional[Backbone] 
     shapes: an IResNet (the registered name when one matches) or a MobileFaceNet (insightface's
     MXNet flavour `mobilefacenet_mxnet` when pre_fc1 has a bias). Extra tensors (e.g. the
     classifier `fc7_weight`) are ignored. prefix-symbol.json, when present, supplies renamed
-    variables and every BatchNorm's eps and fix_gamma (symbols/legacy_import.py), so that the
+    variables and every BatchNorm's eps and fix_gamma (symbols/legacy_graph.py), so that the
     result computes exactly what the file's graph does; without it the names and our eps are used.
     """
     source = f"{prefix}-{epoch:04d}.params"

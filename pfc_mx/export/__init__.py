@@ -33,10 +33,11 @@ import onnx
 
 from pfc_mx.atomic import atomic_path
 from pfc_mx.errors import ExportError
-from pfc_mx.evaluation.model_loader import load_symbol_params, mxnet_embedder, resolve_checkpoint
+from pfc_mx.evaluation.model_loader import mxnet_embedder, resolve_checkpoint
 from pfc_mx.export.fp16 import to_float16
 from pfc_mx.export.graph import IMAGE_SIZE, OPSET, convert, explicit_defaults, normalisation_constants
 from pfc_mx.export.check import MIN_COSINE, check_loads, parity
+from symbols.symbol_files import load_symbol_params
 
 __all__ = ["export_onnx", "convert", "explicit_defaults", "to_float16", "parity", "normalisation_constants",
            "MIN_COSINE", "OPSET", "IMAGE_SIZE"]

@@ -22,8 +22,9 @@ from pfc_mx.config import Config
 from pfc_mx.errors import ConfigError, PfcError
 from pfc_mx.evaluation.model_loader import resolve_checkpoint
 from symbols.common import Backbone
-from symbols.legacy import LEGACY_FAMILIES, assign, load_legacy_checkpoint, read_params
-from symbols.legacy_import import family, graph_facts, read_symbol
+from symbols.legacy import LEGACY_FAMILIES, assign, load_legacy_checkpoint
+from symbols.legacy_graph import family, graph_facts, read_symbol
+from symbols.symbol_files import read_params
 
 log = logging.getLogger("pfc_mx.train")
 
