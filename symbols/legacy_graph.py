@@ -1,6 +1,6 @@
 """What an insightface checkpoint is: its family from the tensor names, and facts read from its symbol file.
 
-    kind = family(read_params("old/model", 0))          # "iresnet", "mobilefacenet_mxnet", ... or ""
+    kind = family(read_params("old/model", 0))          # "iresnet", "mobilefacenet" or ""
     renames, norms = graph_facts(read_symbol("old/model"))
 
 Which family: tensors `stage{i}_unit{j}_conv1_weight` make an IResNet (fresnet.py), `conv_1_conv2d_weight`
