@@ -23,7 +23,7 @@ POLL_S = 1.0  # seconds between checks that the parent (worker) or the workers (
 
 
 def worker_loop(dataset: RecordDataset, slots: np.ndarray, tasks, results, parent: int, mirror: bool,
-            jitter: float, on_wrong_size: str) -> None:
+                jitter: float, on_wrong_size: str) -> None:
     """Worker process loop: (task id, slot, indices, spares, key) → (task id, used, corrupt, wrong, error)."""
     cv2.setNumThreads(1)
     for s in (signal.SIGINT, signal.SIGTERM):
