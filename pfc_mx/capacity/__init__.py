@@ -9,7 +9,7 @@ Usage::
     fits(p.total_bytes, 32 * GiB)  # leaves DEFAULT_HEADROOM free?
 
 Everything is derived from the shapes of shared/DESIGN.md §3 (W ranks, local batch
-B, N = W·B, embedding D, C classes) and the backbone tables below, except two
+B, N = W·B, embedding D, C classes) and the backbone tables (tables.py), except two
 calibrated constants per framework (CALIBRATIONS): activation bytes per image
 and a framework overhead. "arcface_torch" (the default) was fitted to its
 published PyTorch row at 125,000 classes, where the FC layer is 2% of the total,
