@@ -2,9 +2,15 @@
 
 Usage (what pfc_mx.train.job does)::
 
-    monitor = RankMonitor(out / "logs" / "heartbeat")
-    with monitor:
-        ...train...            # a collective failed with a peer-lost error: monitor.fail(str(error))
+    monitor = RankMonitor(out / "logs" / "heartbeat").start()    # collective: learns the peers
+    try:
+        ...train...
+    except mx.base.MXNetError as e:
+        if faults.peer_lost(e):
+            monitor.fail("a collective failed")                  # names the lost rank, exits 69
+        raise
+    finally:
+        monitor.stop()
 
 A lost rank makes Horovod shut down (at once when its connections break, after
 HOROVOD_GLOO_TIMEOUT_SECONDS, default 30, when it freezes); `fail` then names it and ends this
