@@ -8,12 +8,20 @@ exported symbol exposes `fc1_output` like the legacy insightface models.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
 MEAN, SCALE = 127.5, 0.0078125     # raw RGB 0..255 -> about [-1, 1]
+MXNET_DEFAULT_EPS = 1e-3           # mx.sym.BatchNorm's eps when a symbol passes none
+
+
+def blocks(block: HybridBlock) -> Iterator[HybridBlock]:
+    """block and every block inside it, depth first."""
+    yield block
+    for child in block._children.values():
+        yield from blocks(child)
 
 
 def batch_norm(prefix: str, channels: int, bn_mom: float, bn_eps: float) -> nn.BatchNorm:

@@ -22,13 +22,13 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import mxnet as mx
-from mxnet.gluon import HybridBlock, nn
+from mxnet.gluon import nn
 
 from pfc_mx.errors import ModelError
-from symbols.common import Backbone
+from symbols.common import Backbone, blocks
 from symbols.iresnet import SPECS, IResNet
 from symbols.legacy_graph import family, graph_facts, infer_mobilefacenet_spec, match_batch_norms, read_symbol
 from symbols.mobilefacenet import MobileFaceNet
@@ -138,12 +138,6 @@ def infer_iresnet_spec(tensors: Dict[str, Any], source: str) -> Tuple[Tuple[int,
             int(tensors["pre_fc1_weight"].shape[0]))
 
 
-def _blocks(block: HybridBlock) -> Iterator[HybridBlock]:
-    yield block
-    for child in block._children.values():
-        yield from _blocks(child)
-
-
 def assign(net: Backbone, tensors: Dict[str, mx.nd.NDArray], table: Dict[str, str], source: str,
            ctx: Optional[mx.Context] = None) -> None:
     """Set every parameter of net from tensors[table[name]], cast to the parameter's dtype.
@@ -166,7 +160,7 @@ def assign(net: Backbone, tensors: Dict[str, mx.nd.NDArray], table: Dict[str, st
         raise ModelError(f"{source}: {problems[0]}{more}")
     for name, p in net.collect_params().items():
         p._load_init(tensors[table[name]], ctx or mx.cpu(), cast_dtype=True, dtype_source="current")
-    for block in _blocks(net):
+    for block in blocks(net):
         if isinstance(block, nn.BatchNorm) and block._kwargs["fix_gamma"]:
             block.gamma.set_data(mx.nd.ones(block.gamma.shape, dtype=block.gamma.dtype))
     unused = set(tensors) - set(table.values())

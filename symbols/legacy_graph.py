@@ -20,17 +20,17 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import mxnet as mx
-from mxnet.gluon import HybridBlock, nn
+from mxnet.gluon import nn
 
 from pfc_mx.errors import ModelError, first_line
-from symbols.common import Backbone, NamedBatchNorm
+from symbols.common import MXNET_DEFAULT_EPS, Backbone, NamedBatchNorm, blocks
+from symbols.symbol_files import bn_fix_gamma
 
 log = logging.getLogger(__name__)
 
-MXNET_BN_EPS = 1e-3
 # the inputs of the operators whose weights we map, in MXNet's order (input 0 is the data)
 INPUTS = {"Convolution": ("data", "weight", "bias"), "FullyConnected": ("data", "weight", "bias"),
           "BatchNorm": ("data", "gamma", "beta", "moving_mean", "moving_var"), "LeakyReLU": ("data", "gamma")}
@@ -64,8 +64,7 @@ def graph_facts(graph: Optional[Dict[str, Any]]) -> Tuple[Dict[str, str], Dict[s
             if source["op"] == "null" and source["name"] != canonical:
                 renames[canonical] = source["name"]
         if node["op"] == "BatchNorm":
-            norms[node["name"]] = (float(attrs.get("eps", MXNET_BN_EPS)),
-                                   str(attrs.get("fix_gamma", "True")).lower() in ("true", "1"))
+            norms[node["name"]] = (float(attrs.get("eps", MXNET_DEFAULT_EPS)), bn_fix_gamma(attrs))
     return renames, norms
 
 
@@ -100,18 +99,11 @@ def infer_mobilefacenet_spec(tensors: Dict[str, Any], renames: Dict[str, str], s
                 embedding_size=int(tensors[fc].shape[0]), insightface_mxnet=bias in tensors)
 
 
-def _batch_norms(block: HybridBlock) -> Iterator[nn.BatchNorm]:
-    if isinstance(block, nn.BatchNorm):
-        yield block
-    for child in block._children.values():
-        yield from _batch_norms(child)
-
-
 def match_batch_norms(net: Backbone, norms: Dict[str, Tuple[float, bool]]) -> int:
     """Give net's BatchNorms the eps of the file's nodes of the same name, and gamma 1 where the file
     fixes it; returns how many eps changed. Call before the first hybridized forward."""
     changed = 0
-    for bn in _batch_norms(net):
+    for bn in (b for b in blocks(net) if isinstance(b, nn.BatchNorm)):
         node = bn._node if isinstance(bn, NamedBatchNorm) else bn.prefix.rstrip("_")
         node = node if node in norms else node + "_bn"      # ours: fc1_bn, flattened by fc1
         if node not in norms:

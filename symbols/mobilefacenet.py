@@ -19,9 +19,8 @@ from typing import Sequence
 
 from mxnet.gluon import HybridBlock, nn
 
-from symbols.common import Backbone, EmbeddingHead, batch_norm
+from symbols.common import MXNET_DEFAULT_EPS, Backbone, EmbeddingHead, batch_norm
 
-MXNET_DEFAULT_EPS = 1e-3      # mx.sym.BatchNorm's eps when a symbol passes none
 # MXNet 1.9.1 (oneDNN) caches its BatchNorm primitives by shape and eps, not by layout, and runs
 # a 2-D (B, C) input as (B, C, 1, 1): after a BatchNorm on a conv's (B, C, 1, 1) output (oneDNN's
 # blocked layout), a BatchNorm on any 2-D (B, C) input with the same eps reuses that primitive and

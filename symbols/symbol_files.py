@@ -34,7 +34,8 @@ def read_params(prefix: str, epoch: int = 0) -> Dict[str, mx.nd.NDArray]:
             for key, array in saved.items()}
 
 
-def _bn_fix_gamma(attrs: Dict[str, str]) -> bool:
+def bn_fix_gamma(attrs: Dict[str, str]) -> bool:
+    """A BatchNorm node's fix_gamma (MXNet's default True: gamma is then 1, whatever the file holds)."""
     return str(attrs.get("fix_gamma", "True")).lower() in ("true", "1")
 
 
@@ -65,7 +66,7 @@ def load_symbol_params(prefix: str, epoch: int) -> Tuple[mx.sym.Symbol, str, Dic
     used = {n: params[n] for n in needed if n in params}
     nodes = json.loads(sym.tojson())["nodes"]
     for node in nodes:
-        if node["op"] == "BatchNorm" and _bn_fix_gamma(node.get("attrs", {})):
+        if node["op"] == "BatchNorm" and bn_fix_gamma(node.get("attrs", {})):
             gamma = nodes[node["inputs"][1][0]]["name"]
             if gamma in used:
                 used[gamma] = mx.nd.ones_like(used[gamma])
