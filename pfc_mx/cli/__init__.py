@@ -51,7 +51,6 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 fraction = number(float, 0.0, 1.0, what="in [0, 1]")  # a share of something, 0 and 1 included
-positive_float = number(float, 0.0, low_open=True, what="a finite number > 0")
 
 
 def worker_pool(workers: int):

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 
 from pfc_mx.capacity import (BACKBONES, CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_HEADROOM, GiB, MiB, Item, Plan,
                              RunSpec, fits, make_plan)
-from pfc_mx.cli import run_cli
+from pfc_mx.cli import ArgumentParser, run_cli
 from pfc_mx.errors import ConfigError
 from pfc_mx.head.options import CENTERS_ON
 
@@ -51,15 +51,8 @@ def parse_gpus(text: str) -> Tuple[int, int]:
     return hosts, hosts * per_host
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line ConfigErrors (exit 2 through run_cli)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="recipe YAML giving the defaults of the run options below")
     p.add_argument("--classes", type=int, help="number of identities C")
     p.add_argument("--gpus", default="8", help="world size W, or hosts x GPUs per host (2x8); default 8")
