@@ -147,14 +147,13 @@ class Run:
         saved = [p.data().copy() for p in stats] if cfg.optim.skip_nonfinite else []
         inject = self.injection.nonfinite_at(step + 1, last_rank=dist.rank() == dist.size() - 1)
         x = mx.nd.array(images, ctx=self.ctx, dtype="float32")
-        y = mx.nd.array(labels, ctx=self.ctx, dtype="int32")
         with autograd.record():
             emb = self.net(x)
         features = emb.detach() * float("nan") if inject == "loss" else emb.detach()
-        loss, grad = self.pfc.forward_backward(features, y)
+        loss, grad = self.pfc.forward_backward(features, labels)  # host labels: the head all-gathers them
         fault = "" if math.isfinite(loss) else "loss"
         if not fault:
-            emb.backward((grad * float("nan") if inject == "grad" else grad).astype(emb.dtype))
+            emb.backward(grad * float("nan") if inject == "grad" else grad)  # grad has emb's dtype
             if not math.isfinite(sum_gradients(self.params, cfg.optim.grad_clip)):
                 fault = "gradient"
         if fault:
