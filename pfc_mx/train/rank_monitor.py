@@ -74,12 +74,6 @@ class RankMonitor:
             self._thread.join(timeout=5)
         self._thread = None
 
-    def __enter__(self) -> "RankMonitor":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def _run(self) -> None:
         beat, gone_since = 0, {}
         while not self._stop.is_set():

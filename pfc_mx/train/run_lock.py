@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from pfc_mx.errors import ConfigError
-from pfc_mx.train.processes import pid_namespace, proc_stat
+from pfc_mx.train.processes import any_gone, pid_namespace, proc_stat
 
 LOCK_NAME = "run.lock"
 
@@ -61,10 +61,7 @@ class RunLock:
     def stale_reason(self, holder: Dict[str, Any], age_s: float) -> str:
         """Why a lock held by `holder`, last touched age_s seconds ago, is stale; '' if it is live."""
         if (holder.get("host"), holder.get("pid_ns")) == (self.owner["host"], self.owner["pid_ns"]):
-            stat = proc_stat(int(holder.get("pid", 0)))
-            if stat is None or stat[0] == "Z" or stat[2] != holder.get("start_ticks"):
-                return "its process is gone"
-            return ""
+            return "its process is gone" if any_gone([(int(holder.get("pid", 0)), holder.get("start_ticks"))]) else ""
         if age_s > self.stale_s:
             return f"not refreshed for {age_s:.0f} s"
         return ""
