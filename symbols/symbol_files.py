@@ -14,6 +14,7 @@ from typing import Dict, Tuple
 
 import mxnet as mx
 
+from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.errors import ModelError
 
 EMBEDDING_OUTPUT = "fc1_output"  # the insightface recognition models' embedding
@@ -81,7 +82,7 @@ def batch_norms_on_4d(sym: mx.sym.Symbol, data_name: str) -> mx.sym.Symbol:
     ignores the layout; see symbols/mobilefacenet.py). insightface's fc1 is such a 2-D BatchNorm.
     """
     internals = sym.get_internals()
-    _, shapes, _ = internals.infer_shape_partial(**{data_name: (1, 3, 112, 112)})
+    _, shapes, _ = internals.infer_shape_partial(**{data_name: (1, 3, IMAGE_SIZE, IMAGE_SIZE)})
     ndim = dict(zip(internals.list_outputs(), (len(s) for s in shapes)))
     graph = json.loads(sym.tojson())
     nodes, index = [], {}                       # new node list, old index -> new index

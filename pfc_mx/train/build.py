@@ -15,6 +15,7 @@ from mxnet import gluon
 import symbols
 from pfc_mx.config import Config
 from pfc_mx.data import RecordDataset, RecordLoader
+from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.errors import ConfigError
 from pfc_mx.head import PartialFC
 from pfc_mx.train.progress import Frame, Position, position_from_state
@@ -50,7 +51,7 @@ def backbone(cfg: Config, ctx: mx.Context) -> gluon.HybridBlock:
     mx.random.seed(cfg.seed)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
-    net(mx.nd.zeros((cfg.data.batch_size, 3, 112, 112), ctx=ctx))
+    net(mx.nd.zeros((cfg.data.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), ctx=ctx))
     return net
 
 

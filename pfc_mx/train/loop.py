@@ -26,6 +26,7 @@ from mxnet import autograd
 from pfc_mx import checkpoint, dist
 from pfc_mx.config import Config, save_config
 from pfc_mx.data.health import describe, merge
+from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.errors import TrainingError
 from pfc_mx.strict_json import finite_or_none
 from pfc_mx.train import build, faults, pretrained, resume
@@ -226,8 +227,8 @@ class Run:
                         describe(data, corrupt))
         if wrong:
             policy = self.cfg.data.on_wrong_size
-            log.warning("%s %d image(s) of %s that are not 112x112x3 (records %s; data.on_wrong_size %s)",
-                        "resized" if policy == "resize" else "skipped", len(wrong), data.path,
+            log.warning("%s %d image(s) of %s that are not %dx%dx3 (records %s; data.on_wrong_size %s)",
+                        "resized" if policy == "resize" else "skipped", len(wrong), data.path, IMAGE_SIZE, IMAGE_SIZE,
                         describe(data, wrong), policy)
         summary = {"steps": pos.step, "images": pos.images, "epochs": pos.epoch + pos.offset / self.frame.num_images,
                    "final_loss": finite_or_none(self.loss), "checkpoint": str(self.last_ckpt or ""),

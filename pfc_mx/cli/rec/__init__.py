@@ -24,6 +24,7 @@ from typing import List, Optional
 
 from pfc_mx.cli import ArgumentParser, fraction, int_at_least, non_negative_int, number, positive_int, run_cli
 from pfc_mx.cli.rec import build, check, convert  # the jobs: build/pairs/synth, inspect/validate, unpack/shuffle
+from pfc_mx.data.options import IMAGE_SIZE
 
 quality = number(int, 0, 100, what="in [0, 100]")
 below_one = number(float, 0.0, 1.0, high_open=True, what="in [0, 1)")
@@ -45,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("out", help="output folder (train.rec, train.idx, property)")
     p.add_argument("--list", help="im2rec list file 'index<TAB>label<TAB>path' instead of SRC")
     p.add_argument("--root", help="folder the list's paths are relative to (default: the list's folder)")
-    p.add_argument("--size", type=int_at_least(8), default=112, help="images of another size are resized to SIZE×SIZE")
+    p.add_argument("--size", type=int_at_least(8), default=IMAGE_SIZE, help="images of another size are resized to SIZE×SIZE")
     p.add_argument("--quality", type=quality, default=95, help="JPEG quality of re-encoded images")
     p.add_argument("--reencode", action="store_true", help="re-encode every image as JPEG (default: keep bytes)")
     p.add_argument("--workers", type=positive_int, default=2)
@@ -63,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("pairs", help="text file, one pair per line: 'image_a image_b 1|0' (1: same person)")
     p.add_argument("out", help="the .bin to write")
     p.add_argument("--root", help="folder the image paths are relative to (default: the list's folder)")
-    p.add_argument("--size", type=int_at_least(8), default=112, help="images of another size are resized")
+    p.add_argument("--size", type=int_at_least(8), default=IMAGE_SIZE, help="images of another size are resized")
     p = sub.add_parser("synth", help="synthetic face-identity dataset + held-out .bin pairs")
     p.add_argument("out")
     p.add_argument("--identities", type=positive_int, required=True, help="training classes")

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from pfc_mx.cli import worker_pool
 from pfc_mx.data.checks import check_record, expected_size
+from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.data.recordio import RecordDataset
 
 _DS: Optional[RecordDataset] = None  # the dataset of validate's worker processes
@@ -89,9 +90,9 @@ def cmd_validate(args) -> int:
             print(f"{kind}: record {ds.keys[i]} (image {i}): {detail}{extra}")
         if len(items) > args.show:
             print(f"... and {len(items) - args.show} more {kind} records")
-    if ds.image_size and tuple(ds.image_size) != (112, 112):
+    if ds.image_size and tuple(ds.image_size) != (IMAGE_SIZE, IMAGE_SIZE):
         print(f"note: {ds.property_path} says {ds.image_size[1]}x{ds.image_size[0]}; training resizes every image "
-              "to 112x112")
+              f"to {IMAGE_SIZE}x{IMAGE_SIZE}")
     if ds.empty_classes:
         origin = "property" if ds.property_path.is_file() else "largest label + 1, no property file"
         print(f"empty classes: {ds.empty_classes} of {ds.num_classes} classes ({origin}) have no image")

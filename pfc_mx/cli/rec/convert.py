@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.errors import DatasetError
 
@@ -51,7 +52,7 @@ def cmd_shuffle(args) -> int:
             for c, (lo, hi) in enumerate(ranges):
                 group[lo - 1:hi - 1] = c
         blocks = rng.permutation(ds.num_classes)
-        with InsightfaceWriter(rec.parent, ds.num_classes, ds.image_size or (112, 112), rec.stem) as writer:
+        with InsightfaceWriter(rec.parent, ds.num_classes, ds.image_size or (IMAGE_SIZE, IMAGE_SIZE), rec.stem) as writer:
             for c in tqdm(blocks, desc="shuffling", unit="class", disable=None, leave=False):
                 for i in rng.permutation(np.flatnonzero(group == c)):
                     writer.add(ds.read(int(i))[0], int(ds.labels[i]), int(c))
