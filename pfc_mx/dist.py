@@ -114,13 +114,17 @@ def allreduce(x: mx.nd.NDArray, op: str = "sum", name: Optional[str] = None,
     return reduce(x, op=_op(op), name=_name("allreduce", name))
 
 
-def grouped_allreduce(xs: Sequence[mx.nd.NDArray], op: str = "sum",
-                      name: Optional[str] = None) -> List[mx.nd.NDArray]:
-    """allreduce of several arrays in one fused collective; returns a list in the same order."""
+def grouped_allreduce(xs: Sequence[mx.nd.NDArray], op: str = "sum", name: Optional[str] = None,
+                      inplace: bool = False) -> List[mx.nd.NDArray]:
+    """allreduce of several arrays in one fused collective; returns a list in the same order.
+
+    inplace: the results overwrite xs (no output arrays are made).
+    """
     if _hvd is None:
         _op_check(op)
         return list(xs)
-    return list(_hvd.grouped_allreduce(list(xs), op=_op(op), name=_name("grouped_allreduce", name)))
+    reduce = _hvd.grouped_allreduce_ if inplace else _hvd.grouped_allreduce
+    return list(reduce(list(xs), op=_op(op), name=_name("grouped_allreduce", name)))
 
 
 def allgather(x: mx.nd.NDArray, name: Optional[str] = None) -> mx.nd.NDArray:

@@ -7,6 +7,7 @@ import pytest
 
 from pfc_mx import dist
 from tests.dist_cases.collectives import rank_values, special_values
+from tests.dist_cases.training import reference_sync
 from tests.ranks import RanksFailed, launch, run_ranks
 
 
@@ -51,6 +52,7 @@ def test_two_ranks_receive_exact_collective_values(tmp_path):
         exact[0] = 0
         np.testing.assert_array_equal(res["gather_rows_bits"], np.concatenate([exact, rank_values(1)[0].view(np.uint32)]))
         np.testing.assert_array_equal(res["grouped_sum"], np.stack([a0 + a1, 2 * (a0 + a1)]))
+        np.testing.assert_array_equal(res["grouped_sum_inplace"], np.stack([a0 + a1, 2 * (a0 + a1)]))  # the inputs hold it
         np.testing.assert_array_equal(res["broadcast"], a1)
         np.testing.assert_array_equal(res["broadcast_bits"], special_values().view(np.uint32))  # bit for bit
         np.testing.assert_array_equal(res["broadcast_f16"], a1.astype(np.float16))
@@ -78,3 +80,14 @@ def test_hung_rank_fails_after_timeout_instead_of_hanging(tmp_path):
     import sys
     with pytest.raises(RanksFailed, match="still running after"):
         launch([sys.executable, str(script)], timeout=20)
+
+
+@pytest.mark.dist
+def test_two_ranks_sum_backbone_gradients_and_average_bn_statistics_as_one_process(tmp_path):
+    """train/sync.py on 2 ranks equals one process summing the ranks' gradients (then clipping) and
+    averaging their batch-norm running statistics."""
+    grads, norm, stats = reference_sync(2)
+    for res in run_ranks("backbone_sync", tmp_path):
+        np.testing.assert_allclose(float(res["norm"]), norm, rtol=1e-6)
+        np.testing.assert_allclose(res["grads"], grads, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(res["stats"], stats, rtol=1e-6, atol=1e-7)

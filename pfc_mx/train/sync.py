@@ -18,8 +18,7 @@ def sum_gradients(params: List[gluon.Parameter], grad_clip: float) -> float:
     """
     grads = [p.grad() for p in params]
     if dist.size() > 1:
-        for g, s in zip(grads, dist.grouped_allreduce(grads, op="sum", name="pfc_mx.backbone_grads")):
-            s.copyto(g)
+        dist.grouped_allreduce(grads, op="sum", name="pfc_mx.backbone_grads", inplace=True)
     norm = math.sqrt(float(mx.nd.multi_sum_sq(*grads, num_arrays=len(grads)).sum().asscalar()))
     if grad_clip > 0 and math.isfinite(norm) and norm > grad_clip:
         for g in grads:
@@ -41,6 +40,6 @@ def average_running_stats(net: gluon.HybridBlock) -> None:
     if dist.size() == 1:
         return
     stats = running_stats(net)
-    values = [mx.nd.array(p.data().asnumpy(), ctx=p.data().context) for p in stats]
+    values = [p.data().copy() for p in stats]
     for p, total in zip(stats, dist.grouped_allreduce(values, op="sum", name="pfc_mx.bn_stats")):
         p.set_data(total / dist.size())

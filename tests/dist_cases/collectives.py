@@ -51,6 +51,8 @@ def collectives(outdir: Path) -> Dict[str, np.ndarray]:
     obj = dist.broadcast_object({"from": r, "list": [r] * 3}, root=1)
     inplace = mx.nd.array(rank_values(r))
     inplace_out = dist.allreduce(inplace, op="sum", inplace=True)
+    grouped_inplace = [mx.nd.array(rank_values(r)), mx.nd.array(rank_values(r)) * 2]
+    dist.grouped_allreduce(grouped_inplace, op="sum", inplace=True)
     return {
         "input": x.asnumpy(),
         "allgather": dist.allgather(x).asnumpy(),
@@ -66,6 +68,7 @@ def collectives(outdir: Path) -> Dict[str, np.ndarray]:
         "gather_rows_bits": dist.gather_rows(mx.nd.array(special_values() if r == 0 else rank_values(r)[0])
                                              ).asnumpy().view(np.uint32),
         "grouped_sum": np.stack([a.asnumpy() for a in dist.grouped_allreduce([x, x * 2], op="sum")]),
+        "grouped_sum_inplace": np.stack([a.asnumpy() for a in grouped_inplace]),
         "broadcast": dist.broadcast(root_value, root=1).asnumpy(),
         "broadcast_bits": dist.broadcast(mx.nd.array(special_values() if r == 1 else np.zeros(4, np.float32)),
                                          root=1).asnumpy().view(np.uint32),
