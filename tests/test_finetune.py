@@ -98,6 +98,10 @@ def test_our_checkpoint_initialises_the_backbone_and_a_model_mismatch_is_one_lin
     assert cosines(fresh(x).asnumpy(), net(x).asnumpy()).min() >= 0.99999
     with pytest.raises(ConfigError, match="holds a iresnet_tiny backbone, model.name is iresnet18"):
         load_backbone_weights(fresh, str(tmp_path / "run"), "iresnet18", 512)
+    (step / "state.json").write_text(json.dumps({"model": "iresnet_tiny", "num_classes": 5, "embedding_size": 512,
+                                                 "files": {"backbone-0000.params": "0" * 64}}))
+    with pytest.raises(ConfigError, match=r"model.pretrained = .*checksum mismatch in backbone-0000.params"):
+        load_backbone_weights(fresh, str(tmp_path / "run"), "iresnet_tiny", 512)  # a damaged checkpoint is refused
 
 
 def test_centers_come_from_our_checkpoint_only_when_the_classes_match(data, tmp_path):

@@ -12,7 +12,6 @@ It applies to a fresh start only; a resume continues from its own checkpoint.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Optional
@@ -44,11 +43,12 @@ def initialise(cfg: Config, net: Backbone, pfc, num_classes: int) -> None:
 
 
 def _ours(prefix: str) -> Optional[Dict]:
-    """state.json of our checkpoint folder holding prefix (…/backbone), else None."""
+    """state.json of our checkpoint folder holding prefix (…/backbone), its files' checksums checked;
+    None for a legacy model. CheckpointError when the folder is damaged."""
     folder = Path(prefix).parent
     if Path(prefix).name != checkpoint.BACKBONE_PREFIX or not (folder / checkpoint.STATE).is_file():
         return None
-    return json.loads((folder / checkpoint.STATE).read_text())
+    return checkpoint.check_integrity(folder)
 
 
 def load_backbone_weights(net: Backbone, source: str, model_name: str, embedding_size: int) -> Optional[Dict]:
@@ -59,9 +59,9 @@ def load_backbone_weights(net: Backbone, source: str, model_name: str, embedding
     where = f"model.pretrained = {source}"
     try:
         prefix, epoch = resolve_checkpoint(source)
+        state = _ours(prefix)
     except PfcError as e:
         raise ConfigError(f"{where}: {e}") from None
-    state = _ours(prefix)
     if state is not None and state.get("model") != model_name:
         raise ConfigError(f"{where}: holds a {state.get('model')} backbone, model.name is {model_name}")
     tensors = read_params(prefix, epoch)
