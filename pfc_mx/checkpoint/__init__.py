@@ -36,13 +36,14 @@ remove interrupted saves), loading (integrity check, resumable folder, centers, 
 """
 from pfc_mx.checkpoint.layout import (BACKBONE_EPOCH, BACKBONE_PARAMS, BACKBONE_PREFIX, BACKBONE_SYMBOL,
                                       CHECKPOINTS, LATEST, SET_ASIDE, STATE, STEP_DIR, TMP_DIR, TRAINER_STATES,
-                                      center_file_stem, point_latest, resolve, step_folders, step_name, tmp_name)
+                                      center_file, center_ranges, point_latest, resolve, step_folders, step_name,
+                                      tmp_name)
 from pfc_mx.checkpoint.loading import Resumable, check_integrity, find_resumable, load_centers, load_trainer_states
 from pfc_mx.checkpoint.saving import INJECT_SAVE_STALL, remove_incomplete, save, set_aside_newer
 
 __all__ = [
     "BACKBONE_EPOCH", "BACKBONE_PARAMS", "BACKBONE_PREFIX", "BACKBONE_SYMBOL", "CHECKPOINTS", "LATEST",
-    "SET_ASIDE", "STATE", "STEP_DIR", "TMP_DIR", "TRAINER_STATES", "center_file_stem", "point_latest",
+    "SET_ASIDE", "STATE", "STEP_DIR", "TMP_DIR", "TRAINER_STATES", "center_file", "center_ranges", "point_latest",
     "resolve", "step_folders", "step_name", "tmp_name",
     "Resumable", "check_integrity", "find_resumable", "load_centers", "load_trainer_states",
     "INJECT_SAVE_STALL", "remove_incomplete", "save", "set_aside_newer",

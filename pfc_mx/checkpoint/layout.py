@@ -29,6 +29,7 @@ BACKBONE_PARAMS = f"{BACKBONE_PREFIX}-{BACKBONE_EPOCH:04d}.params"
 TRAINER_STATES = f"{BACKBONE_PREFIX}-trainer.states"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 TMP_DIR = re.compile(r"^\.step-(\d{8})\.tmp$")
+CENTER_WEIGHTS = re.compile(r"^centers-(\d+)-(\d+)\.weight\.npy$")  # the weight file of classes [start, end)
 
 
 def step_name(step: int) -> str:
@@ -41,9 +42,15 @@ def tmp_name(step: int) -> str:
     return f".step-{step:08d}.tmp"
 
 
-def center_file_stem(start: int, end: int) -> str:
-    """`centers-SSSSSSSSS-EEEEEEEEE`: the files of the centers of classes [start, end)."""
-    return f"centers-{start:09d}-{end:09d}"
+def center_file(start: int, end: int, kind: str) -> str:
+    """`centers-SSSSSSSSS-EEEEEEEEE.<kind>.npy`: the centers' "weight" or "momentum" of classes [start, end)."""
+    return f"centers-{start:09d}-{end:09d}.{kind}.npy"
+
+
+def center_ranges(folder: Path) -> List[Tuple[int, int]]:
+    """The class ranges [start, end) whose center weights folder holds, in name order."""
+    found = (CENTER_WEIGHTS.match(p.name) for p in sorted(folder.iterdir()))
+    return [(int(m.group(1)), int(m.group(2))) for m in found if m]
 
 
 def step_folders(root: Path) -> List[Tuple[int, Path]]:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from pfc_mx.checkpoint.layout import STATE, TRAINER_STATES, step_folders
+from pfc_mx.checkpoint.layout import STATE, TRAINER_STATES, center_file, center_ranges, step_folders
 from pfc_mx.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,13 @@ def load_centers(folder: Path, class_start: int, num_local: int, dim: int) -> Tu
     momentum = np.empty((num_local, dim), np.float32)
     end = class_start + num_local
     covered = 0
-    for w_path in sorted(folder.glob("centers-*.weight.npy")):
-        _, s, e = w_path.name.split(".")[0].split("-")
-        s, e = int(s), int(e)
+    for s, e in center_ranges(folder):
         lo, hi = max(s, class_start), min(e, end)
         if lo >= hi:
             continue
+        w_path = folder / center_file(s, e, "weight")
         w = np.load(w_path, mmap_mode="r")
-        m = np.load(w_path.with_name(w_path.name.replace(".weight.", ".momentum.")), mmap_mode="r")
+        m = np.load(folder / center_file(s, e, "momentum"), mmap_mode="r")
         if w.shape[1] != dim:
             raise CheckpointError(f"{w_path}: centers have dimension {w.shape[1]}, the model has {dim}")
         weight[lo - class_start:hi - class_start] = w[lo - s:hi - s]

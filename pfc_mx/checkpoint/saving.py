@@ -18,7 +18,7 @@ import numpy as np
 from pfc_mx import dist, strict_json
 from pfc_mx.atomic import TMP_SUFFIX, write_atomic
 from pfc_mx.checkpoint.layout import (BACKBONE_PREFIX, LATEST, SET_ASIDE, STATE, TMP_DIR, TRAINER_STATES,
-                                      center_file_stem, step_folders, step_name, tmp_name)
+                                      center_file, step_folders, step_name, tmp_name)
 from pfc_mx.checkpoint.loading import file_sha256
 from pfc_mx.errors import CheckpointError, first_line
 
@@ -50,9 +50,8 @@ def _save_rank_files(folder: Path, net: Any, trainer: Any, save_backbone: Callab
     written: List[Path] = []
     start, weight, momentum = centers
     if len(weight):
-        stem = center_file_stem(start, start + len(weight))
         for kind, arr in (("weight", weight), ("momentum", momentum)):
-            p = folder / f"{stem}.{kind}.npy"
+            p = folder / center_file(start, start + len(weight), kind)
             np.save(p, arr)
             written.append(p)
     if dist.rank() == 0:
