@@ -63,6 +63,7 @@ class Run:
         self.global_batch = self.loader.sampler.global_batch
         self.net = build.backbone(cfg, self.ctx)
         self.params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
+        self.stats = running_stats(self.net)  # batch-norm running statistics: restored after a skipped step
         self.trainer = build.trainer(cfg, self.net)
         self.pfc = build.head(cfg, self.num_classes, self.ctx)
         state, self.last_ckpt = resume.resume(cfg, out, self.net, self.trainer, self.pfc, self.num_classes)
@@ -144,8 +145,7 @@ class Run:
         cfg = self.cfg
         if cfg.model.dropout > 0:
             mx.random.seed(cfg.seed * 1_000_003 + step * dist.size() + dist.rank())
-        stats = running_stats(self.net)
-        saved = [p.data().copy() for p in stats] if cfg.optim.skip_nonfinite else []
+        saved = [p.data().copy() for p in self.stats] if cfg.optim.skip_nonfinite else []
         inject = self.injection.nonfinite_at(step + 1, last_rank=dist.rank() == dist.size() - 1)
         x = mx.nd.array(images, ctx=self.ctx, dtype="float32")
         with autograd.record():
@@ -158,7 +158,7 @@ class Run:
             if not math.isfinite(sum_gradients(self.params, cfg.optim.grad_clip)):
                 fault = "gradient"
         if fault:
-            for p, value in zip(stats, saved):
+            for p, value in zip(self.stats, saved):
                 p.set_data(value)
             return loss, fault
         self.trainer.set_learning_rate(lr)
