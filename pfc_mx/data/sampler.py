@@ -21,6 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def global_batches_left(num_images: int, offset: int, global_batch: int) -> int:
+    """Whole global batches left in an epoch of num_images once `offset` of its images were trained."""
+    return max(int(num_images) - int(offset), 0) // global_batch
+
+
 class ShardedSampler:
     """Disjoint per-rank batches of a seeded per-epoch permutation of range(num_samples)."""
 
@@ -41,7 +46,7 @@ class ShardedSampler:
 
     def batches_from(self, offset: int) -> int:
         """Global batches left in an epoch once `offset` of its images were trained."""
-        return max(self.num_samples - int(offset), 0) // self.global_batch
+        return global_batches_left(self.num_samples, offset, self.global_batch)
 
     def permutation(self, epoch: int) -> np.ndarray:
         """(num_samples,) int64: the epoch's global order, identical on every rank."""

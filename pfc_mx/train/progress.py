@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Dict
 
+from pfc_mx.data.sampler import global_batches_left
+
 
 @dataclass(frozen=True)
 class Position:
@@ -56,7 +58,7 @@ class Frame:
 
     def steps_in_epoch(self, offset: int, global_batch: int) -> int:
         """Steps of global_batch left in an epoch once `offset` of its images are trained."""
-        return max(self.num_images - offset, 0) // global_batch
+        return global_batches_left(self.num_images, offset, global_batch)
 
     def start(self, pos: Position, global_batch: int) -> Position:
         """pos, moved to the next epoch when fewer than global_batch images are left in its own
