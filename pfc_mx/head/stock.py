@@ -87,10 +87,11 @@ class StockHead(HeadMath):
         if self.threshold > 0:
             keep_mask(logits, self.threshold * self.scale, out=ws.keep)
             mx.nd.elemwise_mul(logits, ws.keep, out=logits)
-        target = mx.nd.zeros((n,), ctx=self.ctx)
         if len(rows):
             fm.scatter(logits, step.tindex, step.logit_t)
             target = mx.nd.scatter_nd(step.logit_t, step.trows.reshape((1, -1)), shape=(n,))
+        else:
+            target = mx.nd.zeros((n,), ctx=self.ctx)
         step.lse = fm.local_log_normalizer(logits, ws.probs)
         step.parts = mx.nd.stack(step.lse, target)
 
