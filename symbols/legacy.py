@@ -30,7 +30,8 @@ from mxnet.gluon import nn
 from pfc_mx.errors import ModelError
 from symbols.common import Backbone, blocks
 from symbols.iresnet import SPECS, IResNet
-from symbols.legacy_graph import family, graph_facts, infer_mobilefacenet_spec, match_batch_norms, read_symbol
+from symbols.legacy_graph import (embedding_weight, family, graph_facts, infer_mobilefacenet_spec, match_batch_norms,
+                                   read_symbol)
 from symbols.mobilefacenet import MobileFaceNet
 from symbols.registry import get_model
 from symbols.symbol_files import read_params
@@ -171,7 +172,7 @@ def assign(net: Backbone, tensors: Dict[str, mx.nd.NDArray], table: Dict[str, st
 
 def load_legacy_checkpoint(prefix: str, epoch: int = 0, net: Optional[Backbone] = None,
                            name: Optional[str] = None, ctx: Optional[mx.Context] = None,
-                           **model_kw: Any) -> Backbone:
+                           tensors: Optional[Dict[str, mx.nd.NDArray]] = None, **model_kw: Any) -> Backbone:
     """Our backbone with the weights of a legacy-named checkpoint prefix-%04d.params.
 
     net: load into this backbone; else name: `get_model(name, embedding_size=<from the file>,
@@ -181,9 +182,10 @@ def load_legacy_checkpoint(prefix: str, epoch: int = 0, net: Optional[Backbone] 
     classifier `fc7_weight`) are ignored. prefix-symbol.json, when present, supplies renamed
     variables and every BatchNorm's eps and fix_gamma (symbols/legacy_graph.py), so that the
     result computes exactly what the file's graph does; without it the names and our eps are used.
+    tensors: the file's read_params(prefix, epoch) when the caller has read it already.
     """
     source = f"{prefix}-{epoch:04d}.params"
-    tensors = read_params(prefix, epoch)
+    tensors = read_params(prefix, epoch) if tensors is None else tensors
     renames, norms = graph_facts(read_symbol(prefix))
     kind = family(tensors)
     if net is None and name is None and kind == "mobilefacenet":
@@ -193,7 +195,7 @@ def load_legacy_checkpoint(prefix: str, epoch: int = 0, net: Optional[Backbone] 
         log.info("%s: MobileFaceNet %s", source, net.config)
     elif net is None:
         if name is not None:
-            fc = renames.get("pre_fc1_weight", "pre_fc1_weight")
+            fc = embedding_weight(tensors, renames)
             if fc in tensors and "embedding_size" not in model_kw:
                 model_kw["embedding_size"] = int(tensors[fc].shape[0])
             net = get_model(name, **model_kw)
@@ -205,8 +207,9 @@ def load_legacy_checkpoint(prefix: str, epoch: int = 0, net: Optional[Backbone] 
             log.info("%s: %s, units %s, channels %s, embedding %d", source, known[0] if known else "IResNet",
                      units, channels, emb)
     table = {ours: renames.get(theirs, theirs) for ours, theirs in legacy_names(net).items()}
-    if isinstance(net, MobileFaceNet) and "pre_fc1_weight" not in tensors and "fc1_weight" in tensors:
-        table = {ours: "fc1_weight" if theirs == "pre_fc1_weight" else theirs for ours, theirs in table.items()}
+    if isinstance(net, MobileFaceNet):
+        fc, named = embedding_weight(tensors, renames), renames.get("pre_fc1_weight", "pre_fc1_weight")
+        table = {ours: fc if theirs == named else theirs for ours, theirs in table.items()}
     assign(net, tensors, table, source, ctx)
     match_batch_norms(net, norms)
     return net

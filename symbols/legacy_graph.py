@@ -77,11 +77,18 @@ def family(tensors: Dict[str, Any]) -> str:
     return ""
 
 
-def infer_mobilefacenet_spec(tensors: Dict[str, Any], renames: Dict[str, str], source: str) -> Dict[str, Any]:
-    """MobileFaceNet constructor arguments (blocks, scale, embedding_size, insightface_mxnet) of a checkpoint."""
+def embedding_weight(tensors: Dict[str, Any], renames: Dict[str, str]) -> str:
+    """The name of the embedding layer's (pre_fc1's) weight in a checkpoint: as the symbol names it, or
+    `fc1_weight`, insightface's April 2018 MobileFaceNet name, when the file has no symbol saying so."""
     fc = renames.get("pre_fc1_weight", "pre_fc1_weight")
     if fc not in tensors and "fc1_weight" in tensors and len(tensors["fc1_weight"].shape) == 2:
-        fc = "fc1_weight"                          # insightface's April 2018 name, without a symbol file
+        return "fc1_weight"
+    return fc
+
+
+def infer_mobilefacenet_spec(tensors: Dict[str, Any], renames: Dict[str, str], source: str) -> Dict[str, Any]:
+    """MobileFaceNet constructor arguments (blocks, scale, embedding_size, insightface_mxnet) of a checkpoint."""
+    fc = embedding_weight(tensors, renames)
     if fc not in tensors or "conv_6dw7_7_conv2d_weight" not in tensors:
         raise ModelError(f"{source}: not an insightface MobileFaceNet checkpoint "
                          f"(no pre_fc1 weight or conv_6dw7_7_conv2d_weight tensor)")

@@ -27,8 +27,9 @@ def import_legacy(prefix: str, epoch: int = 0, ctx: Optional[mx.Context] = None)
     """An insightface checkpoint as our Gluon backbone when its family is known (IResNet, MobileFaceNet;
     see symbols.legacy.load_legacy_checkpoint), else as a SymbolBlock computing its fc1 / fc1_output
     from raw RGB `data` (run, evaluate and export it all the same)."""
-    if family(read_params(prefix, epoch)):
-        return load_legacy_checkpoint(prefix, epoch, ctx=ctx)
+    tensors = read_params(prefix, epoch)
+    if family(tensors):
+        return load_legacy_checkpoint(prefix, epoch, ctx=ctx, tensors=tensors)
     if not Path(f"{prefix}-symbol.json").is_file():
         raise ModelError(f"{prefix}-symbol.json not found (needed for a model that is not an IResNet or "
                          f"MobileFaceNet)")

@@ -22,7 +22,7 @@ from pfc_mx.errors import ConfigError, PfcError
 from pfc_mx.evaluation.model_loader import resolve_checkpoint
 from symbols.common import Backbone
 from symbols.legacy import LEGACY_FAMILIES, assign, load_legacy_checkpoint
-from symbols.legacy_graph import family, graph_facts, read_symbol
+from symbols.legacy_graph import embedding_weight, family, graph_facts, read_symbol
 from symbols.symbol_files import read_params
 
 log = logging.getLogger("pfc_mx.train")
@@ -66,8 +66,7 @@ def load_backbone_weights(net: Backbone, source: str, model_name: str, embedding
         raise ConfigError(f"{where}: holds a {state.get('model')} backbone, model.name is {model_name}")
     tensors = read_params(prefix, epoch)
     renames, _ = graph_facts(read_symbol(prefix))
-    fc = renames.get("pre_fc1_weight", "pre_fc1_weight")
-    fc = fc if fc in tensors or "fc1_weight" not in tensors else "fc1_weight"
+    fc = embedding_weight(tensors, renames)
     if fc in tensors and int(tensors[fc].shape[0]) != embedding_size:
         raise ConfigError(f"{where}: its embedding size is {int(tensors[fc].shape[0])}, "
                           f"model.embedding_size is {embedding_size}")
@@ -76,7 +75,7 @@ def load_backbone_weights(net: Backbone, source: str, model_name: str, embedding
         raise ConfigError(f"{where}: holds an insightface {kind} backbone, model.name {model_name} is an {ours}")
     try:
         if isinstance(net, LEGACY_FAMILIES):
-            load_legacy_checkpoint(prefix, epoch, net=net, ctx=net.collect_params().list_ctx()[0])
+            load_legacy_checkpoint(prefix, epoch, net=net, ctx=net.collect_params().list_ctx()[0], tensors=tensors)
         else:
             assign(net, tensors, {n: n for n in net.collect_params().keys()}, f"{prefix}-{epoch:04d}.params",
                    net.collect_params().list_ctx()[0])
