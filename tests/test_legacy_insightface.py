@@ -85,6 +85,8 @@ def test_y1_weights_load_without_the_symbol_file(checkpoints, tmp_path):
     x = images(2, seed=3)
     net = symbols.load_legacy_checkpoint(prefix, 0)        # fc1_weight found by name, eps as insightface's
     assert cosines(net(mx.nd.array(x)).asnumpy(), module_forward(checkpoints["y1"], 0, x)).min() >= 0.99999
+    named = symbols.load_legacy_checkpoint(prefix, 0, name="mobilefacenet_mxnet")  # the 128-d size from fc1_weight
+    assert cosines(named(mx.nd.array(x)).asnumpy(), module_forward(checkpoints["y1"], 0, x)).min() >= 0.99999
 
 
 def test_other_legacy_models_load_as_a_symbol_block(checkpoints, tmp_path):
