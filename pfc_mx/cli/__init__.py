@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import multiprocessing as mp
 import sys
 from typing import Callable, List, Optional
 
@@ -51,11 +50,6 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 fraction = number(float, 0.0, 1.0, what="in [0, 1]")  # a share of something, 0 and 1 included
-
-
-def worker_pool(workers: int):
-    """A multiprocessing pool of `workers` processes for a tool's --workers (forked on Linux)."""
-    return mp.get_context("fork" if sys.platform.startswith("linux") else None).Pool(workers)
 
 
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:

@@ -21,9 +21,7 @@ Everything depends only on `seed`, not on `workers`.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -34,6 +32,7 @@ from tqdm import tqdm
 
 from pfc_mx.data import faces
 from pfc_mx.data.verification_bin import write_bin
+from pfc_mx.parallel import parallel_map
 from pfc_mx.data.writer import InsightfaceWriter
 
 log = logging.getLogger(__name__)
@@ -63,16 +62,11 @@ def _render_job(job: Tuple[int, int, Tuple[int, ...]]) -> bytes:
 
 def _render_all(jobs: List[Tuple], workers: int, desc: str, progress: bool) -> Iterable[bytes]:
     bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=None if progress else True, leave=False)
-    if workers <= 1 or len(jobs) < 64:
-        for job in jobs:
-            yield _render_job(job)
+    workers = workers if len(jobs) >= 64 else 1  # a few images: not worth forking
+    with parallel_map(_render_job, jobs, workers, chunksize=32, initializer=cv2.setNumThreads, initargs=(1,)) as outs:
+        for out in outs:
+            yield out
             bar.update()
-    else:
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else None)
-        with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-            for out in pool.imap(_render_job, jobs, chunksize=32):
-                yield out
-                bar.update()
     bar.close()
 
 

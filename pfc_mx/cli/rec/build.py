@@ -9,9 +9,9 @@ from typing import List, Tuple
 import cv2
 from tqdm import tqdm
 
-from pfc_mx.cli import worker_pool
 from pfc_mx.data.integrity import decode_checked
 from pfc_mx.errors import DatasetError
+from pfc_mx.parallel import parallel_map
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -81,9 +81,8 @@ def cmd_build(args) -> int:
     jobs = [(str(p), args.size, args.quality, args.reencode) for _, p in items]
     skipped = 0
     bar = tqdm(total=len(jobs), desc="encoding", unit="img", disable=None, leave=False)
-    pool = worker_pool(args.workers) if args.workers > 1 else None
-    results = pool.imap(_encode_one, jobs, chunksize=16) if pool else map(_encode_one, jobs)
-    with InsightfaceWriter(out, num_classes, (args.size, args.size)) as writer:
+    with parallel_map(_encode_one, jobs, args.workers, chunksize=16) as results, \
+            InsightfaceWriter(out, num_classes, (args.size, args.size)) as writer:
         for (label, path), data in zip(items, results):
             bar.update()
             if isinstance(data, str):
@@ -92,9 +91,6 @@ def cmd_build(args) -> int:
                 continue
             writer.add(data, label)
     bar.close()
-    if pool:
-        pool.close()
-        pool.join()
     print(f"wrote {out / 'train.rec'}: {writer.count} images, {num_classes} classes, {skipped} skipped")
     return 0
 

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pfc_mx.cli import worker_pool
 from pfc_mx.data.checks import check_record, expected_size
 from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.data.recordio import RecordDataset
+from pfc_mx.parallel import parallel_map
 
 _DS: Optional[RecordDataset] = None  # the dataset of validate's worker processes
 
@@ -71,15 +71,12 @@ def cmd_validate(args) -> int:
     spans = [(lo, min(lo + 256, ds.num_images)) for lo in range(0, ds.num_images, 256)]
     problems: dict = {k: [] for k in KINDS}
     bar = tqdm(total=ds.num_images, desc="decoding", unit="img", disable=None, leave=False)
-    pool = worker_pool(args.workers) if args.workers > 1 else None
-    for span, found in zip(spans, pool.imap(_check_range, spans) if pool else map(_check_range, spans)):
-        for i, kind, detail in found:
-            problems[kind].append((i, detail))
-        bar.update(span[1] - span[0])
+    with parallel_map(_check_range, spans, args.workers) as results:
+        for span, found in zip(spans, results):
+            for i, kind, detail in found:
+                problems[kind].append((i, detail))
+            bar.update(span[1] - span[0])
     bar.close()
-    if pool:
-        pool.close()
-        pool.join()
     problems["out-of-range label"] = [(int(i), f"label {ds.labels[i]} outside [0, {ds.num_classes})")
                                       for i in ds.bad_labels]
     want = {"wrong size": f"{size[1]}x{size[0]} (WxH, {'property' if ds.image_size else 'the training input'})",
