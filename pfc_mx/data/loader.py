@@ -104,10 +104,12 @@ class RecordLoader:
         offset: images of the epoch's order trained before this iterator (a resume, perhaps on
         another number of ranks): its batches start there (ShardedSampler.indices).
         """
-        plan = self.sampler.indices(epoch, start_step, offset)
+        order = self.sampler.permutation(epoch)  # drawn once for both
+        plan = self.sampler.indices(epoch, start_step, offset, order=order)
         # the rank's share of the whole epoch, cut at the same global-batch boundaries as `plan`
         first, rest = divmod(offset, self.sampler.global_batch)
-        shard = self.sampler.indices(epoch, offset=rest).ravel()
+        shard = self.sampler.indices(epoch, offset=rest, order=order).ravel()
+        del order
         self._generation += 1
         self.health.start_epoch(shard)
         return self._iterate(self._generation, epoch, first + start_step, plan, shard)

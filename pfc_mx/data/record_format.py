@@ -32,27 +32,56 @@ _LEN_MASK = (1 << 29) - 1
 _IR_FORMAT = "<IfQQ"  # flag, label, id, id2: mx.recordio.IRHeader
 _IR_SIZE = struct.calcsize(_IR_FORMAT)
 _SCAN_CHUNK = 1 << 16  # records per vectorised header scan (a few MB of temporaries)
+_INDEX_BLOCK = 1 << 24  # bytes of .idx text parsed at a time
 
 
-def read_index(idx_path: Path) -> Tuple[np.ndarray, np.ndarray]:
+def read_index(idx_path: Path, block: int = _INDEX_BLOCK) -> Tuple[np.ndarray, np.ndarray]:
     """Parse an MXNet .idx file ("key<TAB>offset" lines) into (keys, offsets) int64 sorted by key.
 
-    A key listed twice keeps its last offset, as mx.recordio.MXIndexedRecordIO does.
+    A key listed twice keeps its last offset, as mx.recordio.MXIndexedRecordIO does. Reads
+    the file twice in blocks of `block` bytes (count the lines, then parse into arrays of
+    that size), so memory beyond the two arrays (16 bytes a line) stays near two blocks;
+    an index already in key order (as writers make it) is neither sorted nor copied again.
     """
-    raw = idx_path.read_bytes()
-    lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)
-    with warnings.catch_warnings():  # malformed text: numpy warns and stops early; caught by the count below
-        warnings.simplefilter("ignore")
-        values = np.fromstring(raw, dtype=np.int64, sep=" ") if raw else np.zeros(0, np.int64)
-    if values.size != 2 * lines:
+    lines = 0
+    last = b"\n"
+    with open(idx_path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    lines += last != b"\n"
+    values = np.empty(2 * lines, np.int64)
+    filled = 0
+    with open(idx_path, "rb") as f:
+        tail = b""
+        for chunk in iter(lambda: f.read(block), b""):
+            text, cut = tail + chunk, (tail + chunk).rfind(b"\n") + 1
+            text, tail = text[:cut], text[cut:]
+            filled = _parse_lines(text, values, filled, idx_path)
+        filled = _parse_lines(tail, values, filled, idx_path)
+    if filled != values.size:
         raise DatasetError(f"{idx_path}: malformed index (expected 'key<TAB>offset' lines)")
-    if values.size == 0:
-        return values, values
     keys, offsets = values[0::2], values[1::2]
-    order = np.argsort(keys, kind="stable")
-    keys, offsets = keys[order], offsets[order]
-    last = np.append(keys[1:] != keys[:-1], True)
-    return keys[last], offsets[last]
+    if keys.size and not (keys[1:] > keys[:-1]).all():
+        order = np.argsort(keys, kind="stable")
+        keys, offsets = keys[order], offsets[order]
+        last_of_key = np.append(keys[1:] != keys[:-1], True)
+        return keys[last_of_key], offsets[last_of_key]
+    return keys, offsets
+
+
+def _parse_lines(text: bytes, out: np.ndarray, filled: int, idx_path: Path) -> int:
+    """Parse whole lines of text into out[filled:]; return the new fill; DatasetError if malformed."""
+    if not text.strip():
+        return filled
+    with warnings.catch_warnings():  # malformed text: numpy warns and stops early; caught by the count
+        warnings.simplefilter("ignore")
+        values = np.fromstring(text, dtype=np.int64, sep=" ")
+    want = 2 * (text.count(b"\n") + (not text.endswith(b"\n")))
+    if values.size != want or filled + want > out.size:
+        raise DatasetError(f"{idx_path}: malformed index (expected 'key<TAB>offset' lines)")
+    out[filled:filled + want] = values
+    return filled + want
 
 
 def read_property(path: Path) -> Tuple[Optional[int], Optional[Tuple[int, int]]]:
@@ -102,12 +131,24 @@ def read_record_at(fd: int, offset: int, file_size: int, where: str) -> bytes:
 
 def check_index_covers(fd: int, keys: np.ndarray, offsets: np.ndarray, file_size: int, rec: Path,
                        idx: Path) -> None:
-    """DatasetError when the .rec holds data past the last record the index lists (a truncated .idx).
+    """DatasetError when the .rec and its index do not end together: a record the index lists runs past
+    the end of the .rec (a truncated .rec), or the .rec holds data past the last one (a truncated .idx).
 
     The writer pads every record to 4 bytes, so the file ends within 3 bytes of the last record's payload.
     """
-    last = int(np.argmax(offsets))
-    end = max(pos + 8 + length for pos, length in _chunks(fd, int(offsets[last]), str(rec)))
+    inside = np.flatnonzero(offsets < file_size)
+    last = int(inside[np.argmax(offsets[inside])]) if inside.size else int(np.argmin(offsets))
+    try:
+        end = max(pos + 8 + length for pos, length in _chunks(fd, int(offsets[last]), str(rec)))
+    except DatasetError as e:
+        raise DatasetError(f"{rec}: record {keys[last]} at byte {offsets[last]}: {str(e).split(': ', 1)[-1]}: "
+                           "truncated .rec or wrong .idx")
+    past = np.flatnonzero(offsets >= file_size)
+    if end > file_size or past.size:
+        k = last if end > file_size else int(past[np.argmin(offsets[past])])
+        how = "reaches beyond" if k == last else "lies beyond"
+        raise DatasetError(f"{rec}: record {keys[k]} at byte {offsets[k]} {how} the end of the file "
+                           f"({file_size} bytes): truncated .rec or wrong .idx")
     if file_size - end > 3:
         raise DatasetError(f"{idx}: the index ends with record {keys[last]} at byte {end}, but {rec.name} has "
                            f"{file_size} bytes: truncated .idx (or the index of another .rec)")
@@ -124,33 +165,40 @@ def unpack_header(payload: bytes) -> Tuple[int, np.ndarray, bytes]:
     return flag, np.array([label], np.float32), payload[_IR_SIZE:]
 
 
+def _heads(buf: np.ndarray, off: np.ndarray, where: str, keys: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """(flag, label float64, payload length, continuation flag) of the records at byte offsets `off`.
+
+    DatasetError naming the record (keys[k]) when one lies outside the file or has no magic there.
+    """
+    size = buf.size
+    bad = np.flatnonzero((off < 0) | (off + 8 + _IR_SIZE > size))
+    if bad.size:
+        k = bad[0]
+        raise DatasetError(f"{where}: record {keys[k]} at byte {off[k]} lies beyond the end of the file "
+                           f"({size} bytes): truncated .rec or wrong .idx")
+    head = np.ascontiguousarray(buf[off[:, None] + np.arange(16)]).view("<u4")  # magic, lrec, flag, label
+    magic, lrec, flag = head[:, 0], head[:, 1], head[:, 2]
+    length = (lrec & _LEN_MASK).astype(np.int64)
+    cflag = lrec >> 29
+    problems = [(magic != MAGIC, "no record there (bad magic): the .idx does not match the .rec"),
+                (off + 8 + length > size, "the record runs past the end of the file: truncated .rec"),
+                ((cflag == 0) & (length < _IR_SIZE + 4 * flag.astype(np.int64)), "the record is shorter than its header")]
+    for mask, why in problems:
+        if mask.any():
+            k = int(np.flatnonzero(mask)[0])
+            raise DatasetError(f"{where}: record {keys[k]} at byte {off[k]}: {why}")
+    return flag, head[:, 3].view("<f4").astype(np.float64), length, cflag
+
+
 def scan_headers(buf: np.ndarray, offsets: np.ndarray, where: str, keys: np.ndarray) -> np.ndarray:
     """Class labels (float64) of the image records at `offsets` of the memory-mapped rec `buf`.
 
     Checks magic and that each record lies inside the file. Vectorised: one gather per chunk.
     """
-    size = buf.size
     labels = np.empty(len(offsets), np.float64)
     for lo in range(0, len(offsets), _SCAN_CHUNK):
         off = offsets[lo:lo + _SCAN_CHUNK]
-        bad = np.flatnonzero((off < 0) | (off + 8 + _IR_SIZE > size))
-        if bad.size:
-            k = lo + bad[0]
-            raise DatasetError(f"{where}: record {keys[k]} at byte {offsets[k]} lies beyond the end of the file "
-                               f"({size} bytes): truncated .rec or wrong .idx")
-        head = np.ascontiguousarray(buf[off[:, None] + np.arange(16)]).view("<u4")  # magic, lrec, flag, label
-        magic, lrec, flag = head[:, 0], head[:, 1], head[:, 2]
-        label = head[:, 3].view("<f4").astype(np.float64)
-        length = (lrec & _LEN_MASK).astype(np.int64)
-        cflag = lrec >> 29
-        end = off + 8 + length
-        problems = [(magic != MAGIC, "no record there (bad magic): the .idx does not match the .rec"),
-                    (end > size, "the record runs past the end of the file: truncated .rec"),
-                    ((cflag == 0) & (length < _IR_SIZE + 4 * flag), "the record is shorter than its header")]
-        for mask, why in problems:
-            if mask.any():
-                k = lo + int(np.flatnonzero(mask)[0])
-                raise DatasetError(f"{where}: record {keys[k]} at byte {offsets[k]}: {why}")
+        flag, label, length, cflag = _heads(buf, off, where, keys[lo:lo + _SCAN_CHUNK])
         split = (cflag != 0) & (length < _IR_SIZE + 4 * flag.astype(np.int64))
         arr = np.flatnonzero((flag > 0) & ~split)
         if arr.size:  # array labels: the class id is the first element after the header
@@ -161,6 +209,23 @@ def scan_headers(buf: np.ndarray, offsets: np.ndarray, where: str, keys: np.ndar
         for j in split:  # magic number inside the header: a multi-part record, read it whole
             labels[lo + j] = _slow_label(buf, int(off[j]), where)
     return labels
+
+
+def scan_pairs(buf: np.ndarray, offsets: np.ndarray, where: str, keys: np.ndarray) -> np.ndarray:
+    """(n, 2) float32 two-value labels of the records at `offsets`: insightface's identity records,
+    [start, end) image ranges (record 0's (a, b) too). DatasetError naming a record with another label."""
+    pairs = np.empty((len(offsets), 2), np.float32)
+    for lo in range(0, len(offsets), _SCAN_CHUNK):
+        off = offsets[lo:lo + _SCAN_CHUNK]
+        flag, _, length, cflag = _heads(buf, off, where, keys[lo:lo + _SCAN_CHUNK])
+        bad = np.flatnonzero((flag != 2) | (cflag != 0))
+        if bad.size:
+            k = int(bad[0])
+            raise DatasetError(f"{where}: identity record {keys[lo + k]} at byte {off[k]} is damaged: expected a "
+                               f"one-part record with a 2-value label [start, end), found {flag[k]} label value(s)")
+        first = off + 8 + _IR_SIZE
+        pairs[lo:lo + len(off)] = buf[first[:, None] + np.arange(8)].copy().view("<f4")
+    return pairs
 
 
 def _slow_label(buf: np.ndarray, offset: int, where: str) -> float:

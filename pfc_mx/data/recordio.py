@@ -12,11 +12,14 @@ records 1 … a−1 are images and a … b−1 identity records whose label is t
 index is an image. An image's class id is its header label (or its first element when the
 label is an array).
 
-All image headers are read once on open with a vectorised scan of a memory map (no Python
-loop per record), which also checks that every index offset points at a record lying inside
-the .rec, that the index reaches the end of the .rec (a truncated .idx is caught) and that
-every label is in [0, num_classes). Records are read with os.pread on a
-descriptor opened per process, so a dataset object may be used after fork.
+Opening reads the index (in bounded memory) and, for the labels:
+- insightface layout: the identity records (class k = identity record a + k), checked
+  against a sample of image headers (pfc_mx.data.identities): O(index + identities) bytes;
+- flat layout: one vectorised header scan of a memory map, kept in our labels cache
+  (pfc_mx.data.label_cache) so the next open reads only the index.
+It checks that the index reaches the end of the .rec (a truncated .idx is caught) and that
+every label is in [0, num_classes). Records are read with os.pread on a descriptor opened
+per process, so a dataset object may be used after fork.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from pfc_mx.data import identities, label_cache
 from pfc_mx.data.record_format import (check_index_covers, read_index, read_property, read_record_at,
                                        scan_headers, unpack_header)
 from pfc_mx.errors import DatasetError
@@ -42,15 +46,52 @@ def resolve_paths(root_or_rec_path: "str | os.PathLike") -> Tuple[Path, Path, Pa
     return rec, rec.with_suffix(".idx"), rec.parent / "property"
 
 
+class KeyRange:
+    """Record keys start … stop − 1 of consecutive image records, without storing them (8 bytes an image).
+
+    Indexed like the int64 array it stands for: keys[i] is an int, keys[array] an array.
+    """
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = int(start), int(stop)
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            if not -self.size <= i < self.size:
+                raise IndexError(f"image {i} outside [0, {self.size})")
+            return self.start + int(i) % self.size
+        return np.arange(self.start, self.stop, dtype=np.int64)[i] if isinstance(i, slice) else \
+            self.start + np.asarray(i, dtype=np.int64)
+
+    def __array__(self, dtype=None) -> np.ndarray:
+        return np.arange(self.start, self.stop, dtype=dtype or np.int64)
+
+    def tolist(self) -> list:
+        return list(range(self.start, self.stop))
+
+
 class RecordDataset:
     """An indexed face RecordIO dataset: num_images, num_classes, labels, class_counts, read(i).
 
     root_or_rec_path: a folder with train.rec/train.idx[/property] or a .rec with its .idx beside it.
     strict_labels: raise on a label outside [0, num_classes) (tools may pass False and inspect
     `bad_labels`, the image indices of such records).
+    labels_from: "auto" (identity records in the insightface layout, else the cached header
+    scan) or "headers" (scan every image header now, trusting no identity record or cache:
+    tools/rec.py validate). `label_source` says which gave the labels.
     """
 
-    def __init__(self, root_or_rec_path: "str | os.PathLike", *, strict_labels: bool = True):
+    def __init__(self, root_or_rec_path: "str | os.PathLike", *, strict_labels: bool = True,
+                 labels_from: str = "auto"):
+        if labels_from not in ("auto", "headers"):
+            raise ValueError(f"labels_from must be 'auto' or 'headers', got {labels_from!r}")
         self.path, self.idx_path, self.property_path = resolve_paths(root_or_rec_path)
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: no such RecordIO file")
@@ -66,44 +107,36 @@ class RecordDataset:
         self._pid = -1
         prop_classes, self.image_size = read_property(self.property_path)
         self.layout, self.identity_range = "flat", (0, 0)
-        if keys[0] == 0:
-            self._detect_insightface(int(offsets[0]))
-        if self.layout == "insightface":
-            a, b = self.identity_range
-            image_keys = np.arange(1, a, dtype=np.int64)
-            pos = np.searchsorted(keys, image_keys)
-            missing = np.flatnonzero((pos >= keys.size) | (keys[np.minimum(pos, keys.size - 1)] != image_keys))
-            if missing.size:
-                raise DatasetError(f"{self.idx_path}: image record {image_keys[missing[0]]} named by the header "
-                                   f"(images 1..{a - 1}) is not in the index")
-            self.keys, self.offsets = image_keys, offsets[pos]
+        self._identity_offsets = np.zeros(0, np.int64)
+        buf = self._map()
+        check_index_covers(self._handle(), keys, offsets, self.file_size, self.path, self.idx_path)
+        bounds = self._header_bounds(int(offsets[0])) if keys[0] == 0 else None
+        if bounds is not None:
+            a, b = identities.resolve_bounds(buf, keys, offsets, *bounds, str(self.path))
+            self.layout, self.identity_range = "insightface", (a, b)
+            self.keys, self.offsets = self._image_records(keys, offsets, a, b)
         else:
             self.keys, self.offsets = keys, offsets
+        del keys, offsets  # the index's key column is not kept in the insightface layout
         if self.keys.size == 0:
             raise DatasetError(f"{self.path}: empty dataset (the header lists no image records)")
-        raw = self._scan_labels()
-        check_index_covers(self._handle(), keys, offsets, self.file_size, self.path, self.idx_path)
-        bad = ~np.isfinite(raw) | (raw < 0)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise DatasetError(f"{self.path}: record {self.keys[k]} has label {raw[k]}, not a class id >= 0")
-        self.labels = raw.astype(np.int64)
-        self.num_classes = int(prop_classes if prop_classes is not None else self.labels.max() + 1)
-        self.bad_labels = np.flatnonzero(self.labels >= self.num_classes)
+        labels = self._labels(buf, labels_from)
+        self.num_classes = int(prop_classes if prop_classes is not None else labels.max() + 1)
+        self.bad_labels = np.flatnonzero(labels >= self.num_classes)
         if self.bad_labels.size and strict_labels:
             k = int(self.bad_labels[0])
-            raise DatasetError(f"{self.path}: record {self.keys[k]} has label {self.labels[k]} >= num_classes "
+            raise DatasetError(f"{self.path}: record {self.keys[k]} has label {labels[k]} >= num_classes "
                                f"{self.num_classes} (from {self.property_path.name if prop_classes else 'labels'})")
-        self.labels = self.labels.astype(np.int32)
-        good = self.labels[self.labels < self.num_classes]
+        self.labels = labels.astype(np.int32, copy=False)
+        good = self.labels[self.labels < self.num_classes] if self.bad_labels.size else self.labels
         self.class_counts = np.bincount(good, minlength=self.num_classes)
         self.empty_classes = int((self.class_counts == 0).sum())
         if self.empty_classes and prop_classes is None:
             log.warning("%s: no %s file, so num_classes = largest label + 1 = %d, and %d of those classes have no "
                         "image (labels should be 0..C-1 without gaps; write a property file or relabel)", self.path,
                         self.property_path.name, self.num_classes, self.empty_classes)
-        log.debug("opened %s: %s layout, %d images, %d classes", self.path, self.layout, self.num_images,
-                  self.num_classes)
+        log.debug("opened %s: %s layout, %d images, %d classes, labels from %s", self.path, self.layout,
+                  self.num_images, self.num_classes, self.label_source)
 
     @property
     def num_images(self) -> int:
@@ -123,25 +156,89 @@ class RecordDataset:
             self._pid = os.getpid()
         return self._fd
 
-    def _detect_insightface(self, offset0: int) -> None:
+    def _map(self) -> np.ndarray:
+        """The .rec as a read-only uint8 array over a memory map (unmapped when the last view goes)."""
+        with open(self.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm.madvise(mmap.MADV_RANDOM)  # header reads are scattered: no read-ahead of image bytes
+        return np.frombuffer(mm, np.uint8)
+
+    def _header_bounds(self, offset0: int) -> Optional[Tuple[float, float]]:
+        """Record 0's (a, b) when it is an insightface header, else None (a flat dataset's first image)."""
         payload = read_record_at(self._handle(), offset0, self.file_size, str(self.path))
         try:
             flag, label, rest = unpack_header(payload)
         except ValueError:
             raise DatasetError(f"{self.path}: record 0 is shorter than a record header")
-        if flag >= 2 and rest[:2] != b"\xff\xd8" and rest[:4] != b"\x89PNG":  # a header, not a JPEG/PNG image
-            a, b = int(label[0]), int(label[1])
-            if not 1 <= a <= b:
-                raise DatasetError(f"{self.path}: header record 0 has image/identity bounds ({a}, {b}); "
-                                   "expected 1 <= a <= b")
-            self.layout, self.identity_range = "insightface", (a, b)
+        if flag < 2 or rest[:2] == b"\xff\xd8" or rest[:4] == b"\x89PNG":  # an image, not a header
+            return None
+        a, b = float(label[0]), float(label[1])
+        if not 1 <= a <= b:
+            raise DatasetError(f"{self.path}: header record 0 has image/identity bounds ({a:g}, {b:g}); "
+                               "expected 1 <= a <= b")
+        return a, b
 
-    def _scan_labels(self) -> np.ndarray:
+    def _image_records(self, keys: np.ndarray, offsets: np.ndarray, a: int, b: int) -> Tuple[KeyRange, np.ndarray]:
+        """(keys, offsets) of images 1 … a − 1; keeps the identity records' offsets aside."""
+        if keys.size >= b and keys[0] == 0 and keys[b - 1] == b - 1:  # sorted unique: keys[:b] == 0 … b − 1
+            self._identity_offsets = offsets[a:b].copy()
+            return KeyRange(1, a), np.ascontiguousarray(offsets[1:a])
+        wanted = np.arange(1, b, dtype=np.int64)
+        pos = np.searchsorted(keys, wanted)
+        missing = np.flatnonzero((pos >= keys.size) | (keys[np.minimum(pos, keys.size - 1)] != wanted))
+        if missing.size:
+            k = int(wanted[missing[0]])
+            what = "image" if k < a else "identity"
+            raise DatasetError(f"{self.idx_path}: {what} record {k} named by the header (images 1..{a - 1}, "
+                               f"identities {a}..{b - 1}) is not in the index")
+        self._identity_offsets = offsets[pos[a - 1:]]
+        return KeyRange(1, a), offsets[pos[:a - 1]]
+
+    def _labels(self, buf: np.ndarray, labels_from: str) -> np.ndarray:
+        """Class ids (int32 or int64, >= 0) of every image; sets label_source."""
+        a, b = self.identity_range
+        if labels_from == "auto" and self.layout == "insightface" and b > a:
+            self.label_source = "identity records"
+            labels = self._identity_labels(buf)
+            identities.check_sample(buf, self.offsets, labels, a, str(self.path))
+            return labels
+        raw, key = None, None
+        if labels_from == "auto":
+            key = label_cache.cache_key(self.path, self.idx_path)
+            raw = label_cache.load(key, self.num_images)
+        self.label_source = "header scan" if raw is None else "labels cache"
+        if raw is None:
+            raw = self._scan_labels(buf)
+            if key is not None:
+                saved = label_cache.store(key, raw)
+                if saved:
+                    log.info("%s: scanned %d image headers; labels cached in %s", self.path, raw.size, saved)
+        bad = ~np.isfinite(raw) | (raw < 0)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DatasetError(f"{self.path}: record {self.keys[k]} has label {float(raw[k])}, not a class id >= 0")
+        return raw.astype(np.int64)
+
+    def _identity_labels(self, buf: np.ndarray) -> np.ndarray:
+        """(num_images,) int32 classes the identity records give (bounds float32 rounded: from headers)."""
+        a, b = self.identity_range
+        ranges = identities.read_ranges(buf, self._identity_offsets, a, b, str(self.path))
+        labels, windows = identities.labels_from_ranges(ranges, a, str(self.path))
+        if windows.size:
+            labels[windows] = identities.headers_at(buf, self.offsets, windows, str(self.path))
+        return labels
+
+    def identity_labels(self) -> Optional[np.ndarray]:
+        """The classes the identity records give every image (int32), None without identity records;
+        DatasetError when they are damaged or do not tile the images. No check against the headers."""
+        a, b = self.identity_range
+        return self._identity_labels(self._map()) if self.layout == "insightface" and b > a else None
+
+    def _scan_labels(self, buf: np.ndarray) -> np.ndarray:
+        """(num_images,) float32 header labels of every image, read in file order."""
         order = np.argsort(self.offsets, kind="stable")  # sequential pages
-        with open(self.path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # unmapped when the last view goes
-        labels = scan_headers(np.frombuffer(mm, np.uint8), self.offsets[order], str(self.path), self.keys[order])
-        out = np.empty_like(labels)
+        labels = scan_headers(buf, self.offsets[order], str(self.path), np.asarray(self.keys)[order])
+        out = np.empty(labels.size, np.float32)
         out[order] = labels
         return out
 
@@ -155,19 +252,18 @@ class RecordDataset:
         return img, int(self.labels[i])
 
     def identity_ranges(self) -> np.ndarray:
-        """(num_identities, 2) int64 image ranges [start, end) of the identity records (insightface only)."""
+        """(num_identities, 2) int64 image ranges [start, end) of the identity records (insightface only).
+
+        Exact past 2**24 images when the labels came from the identity records (the bounds are
+        where the labels change); otherwise the stored float32 values.
+        """
         a, b = self.identity_range
         if self.layout != "insightface" or b == a:
             return np.zeros((0, 2), np.int64)
-        keys, offsets = read_index(self.idx_path)
-        pos = np.searchsorted(keys, np.arange(a, b))
-        out = np.empty((b - a, 2), np.int64)
-        for j, p in enumerate(pos):
-            if p >= keys.size or keys[p] != a + j:
-                raise DatasetError(f"{self.idx_path}: identity record {a + j} is not in the index")
-            out[j] = unpack_header(read_record_at(self._handle(), int(offsets[p]), self.file_size,
-                                                  str(self.path)))[1][:2]
-        return out
+        pairs = identities.read_ranges(self._map(), self._identity_offsets, a, b, str(self.path))
+        if pairs.max() < identities.EXACT or self.label_source != "identity records":
+            return pairs.astype(np.int64)
+        return identities.exact_ranges(pairs, self.labels)
 
     def close(self) -> None:
         if self._fd is not None and self._pid == os.getpid():

@@ -10,8 +10,9 @@ Training classes 0 … C−1 are drawn by faces.py; the `.bin` pairs come from
 `holdout_identities` further identities that never appear in training (half same-identity
 pairs, half different, in a seeded random order). Noise for robustness studies:
 
-- label_flip: that fraction of training images gets a uniformly random wrong label in its
-  header (it stays in its identity's block, as a mislabelled photo would);
+- label_flip: that fraction of training images shows a uniformly drawn other class's
+  identity under its own class label (a photo filed under the wrong person: header and
+  identity record agree, the face does not);
 - duplicate_fraction: that fraction of the classes are fresh photos of another class's
   identity, so one person appears under two class ids (inter-class conflict).
 
@@ -103,16 +104,16 @@ def generate(out_dir: "str | os.PathLike", num_identities: int, images_per_ident
         source[dup] = plan.choice(originals, num_dup)
     counts = class_counts(num_identities, images_per_identity, long_tail, seed)
     identity = np.repeat(np.arange(num_identities), counts)  # per image, in write order
-    labels = identity.copy()
-    num_flip = int(round(label_flip * len(labels))) if num_identities > 1 else 0
-    flipped = plan.choice(len(labels), num_flip, replace=False) if num_flip else np.zeros(0, np.int64)
-    labels[flipped] = (labels[flipped] + plan.integers(1, num_identities, num_flip)) % num_identities
+    shown = identity.copy()  # whose face each image shows
+    num_flip = int(round(label_flip * len(shown))) if num_identities > 1 else 0
+    flipped = plan.choice(len(shown), num_flip, replace=False) if num_flip else np.zeros(0, np.int64)
+    shown[flipped] = (shown[flipped] + plan.integers(1, num_identities, num_flip)) % num_identities
 
     within = np.arange(len(identity)) - np.repeat(np.cumsum(counts) - counts, counts)
-    jobs = [(seed, int(source[c]), (_TRAIN, int(c), int(j))) for c, j in zip(identity, within)]
+    jobs = [(seed, int(source[s]), (_TRAIN, int(c), int(j))) for s, c, j in zip(shown, identity, within)]
     with InsightfaceWriter(out, num_identities) as writer:
         for n, jpeg in enumerate(_render_all(jobs, workers, "train images", progress)):
-            writer.add(jpeg, int(labels[n]), int(identity[n]))
+            writer.add(jpeg, int(identity[n]))
 
     # verification pairs among held-out identities (sources num_identities … + holdout − 1)
     same = np.zeros(pairs, bool)
@@ -127,11 +128,11 @@ def generate(out_dir: "str | os.PathLike", num_identities: int, images_per_ident
     bins = list(_render_all(pair_jobs, workers, "pair images", progress))
     bin_path = write_bin(out / f"{bin_name}.bin", bins, same)
     summary = {"out_dir": str(out), "rec": str(out / "train.rec"), "bin": str(bin_path),
-               "num_classes": int(num_identities), "num_images": int(len(labels)),
+               "num_classes": int(num_identities), "num_images": int(len(identity)),
                "distinct_identities": int(len(np.unique(source))), "duplicated_classes": int(num_dup),
                "flipped_labels": int(num_flip), "images_per_class_min": int(counts.min()),
                "images_per_class_max": int(counts.max()), "holdout_identities": int(holdout),
                "num_pairs": int(pairs), "seed": int(seed), "seconds": round(time.time() - t0, 2)}
-    log.info("synthetic dataset %s: %d classes, %d images, %d pairs in %.1f s", out, num_identities, len(labels),
+    log.info("synthetic dataset %s: %d classes, %d images, %d pairs in %.1f s", out, num_identities, len(identity),
              pairs, summary["seconds"])
     return summary

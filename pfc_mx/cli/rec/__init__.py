@@ -1,7 +1,8 @@
 """Face RecordIO datasets on the command line: inspect, validate, build, unpack, shuffle, synth.
 
     python tools/rec.py inspect  DATA                 counts, class histogram, sampled image sizes
-    python tools/rec.py validate DATA                 read + decode every record; exit 1 on damaged ones
+    python tools/rec.py validate DATA                 read + decode every record, compare every header with the
+                                                      identity records; exit 1 on damaged ones or disagreements
     python tools/rec.py build    SRC OUT              image folder (one sub-folder per identity) -> insightface layout
     python tools/rec.py build    --list L.lst OUT     im2rec list "index<TAB>label<TAB>path" -> insightface layout
     python tools/rec.py unpack   DATA OUT             OUT/<class>/<record key>.<jpg|png>
@@ -37,7 +38,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("data")
     p.add_argument("--sample", type=positive_int, default=200, help="images decoded for the size summary")
     p = sub.add_parser("validate", help="read and decode every record: damaged ones (exit 1), out-of-range labels "
-                       "(exit 1), sizes, channels, empty classes")
+                       "(exit 1), header classes that disagree with the identity records (exit 1), sizes, "
+                       "channels, empty classes")
     p.add_argument("data")
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--show", type=non_negative_int, default=20, help="problems listed per kind")

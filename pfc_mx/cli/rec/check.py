@@ -11,6 +11,7 @@ from tqdm import tqdm
 from pfc_mx.data.checks import check_record, expected_size
 from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.data.recordio import RecordDataset
+from pfc_mx.errors import DatasetError
 from pfc_mx.parallel import parallel_map
 
 _DS: Optional[RecordDataset] = None  # the dataset of validate's worker processes
@@ -58,6 +59,20 @@ def _check_range(span: Tuple[int, int]) -> List[Tuple[int, str, str]]:
     return found
 
 
+def _identity_mismatches(ds: RecordDataset) -> List[Tuple[int, str]]:
+    """(image index, detail) of every image whose header class differs from its identity record's class
+    (insightface layout); damaged identity records are one entry (image -1) with the reason."""
+    try:
+        given = ds.identity_labels()
+    except DatasetError as e:
+        return [(-1, str(e))]
+    if given is None:
+        return []
+    a = ds.identity_range[0]
+    return [(int(i), f"header class {ds.labels[i]}, identity record {a + int(given[i])} says class {given[i]}")
+            for i in np.flatnonzero(given != ds.labels)]
+
+
 def cmd_validate(args) -> int:
     """Read and decode every record; report damaged ones, sizes, channels, labels and empty classes by kind.
 
@@ -65,7 +80,7 @@ def cmd_validate(args) -> int:
     empty classes are warnings (training resizes or skips them: data.on_wrong_size).
     """
     global _DS
-    ds = RecordDataset(args.data, strict_labels=False)
+    ds = RecordDataset(args.data, strict_labels=False, labels_from="headers")
     _DS = ds
     size = expected_size(ds)
     spans = [(lo, min(lo + 256, ds.num_images)) for lo in range(0, ds.num_images, 256)]
@@ -79,12 +94,14 @@ def cmd_validate(args) -> int:
     bar.close()
     problems["out-of-range label"] = [(int(i), f"label {ds.labels[i]} outside [0, {ds.num_classes})")
                                       for i in ds.bad_labels]
+    problems["identity mismatch"] = _identity_mismatches(ds)
     want = {"wrong size": f"{size[1]}x{size[0]} (WxH, {'property' if ds.image_size else 'the training input'})",
             "wrong channels": "3 channels (RGB)"}
     for kind, items in problems.items():
         for i, detail in items[:args.show]:
             extra = f", expected {want[kind]}" if kind in want else ""
-            print(f"{kind}: record {ds.keys[i]} (image {i}): {detail}{extra}")
+            where = f"record {ds.keys[i]} (image {i})" if i >= 0 else "identity records"
+            print(f"{kind}: {where}: {detail}{extra}")
         if len(items) > args.show:
             print(f"... and {len(items) - args.show} more {kind} records")
     if ds.image_size and tuple(ds.image_size) != (IMAGE_SIZE, IMAGE_SIZE):
@@ -93,7 +110,7 @@ def cmd_validate(args) -> int:
     if ds.empty_classes:
         origin = "property" if ds.property_path.is_file() else "largest label + 1, no property file"
         print(f"empty classes: {ds.empty_classes} of {ds.num_classes} classes ({origin}) have no image")
-    failed = len(problems["damaged"]) + len(problems["out-of-range label"])
+    failed = len(problems["damaged"]) + len(problems["out-of-range label"]) + len(problems["identity mismatch"])
     warned = len(problems["wrong size"]) + len(problems["wrong channels"]) + ds.empty_classes
     counts = ", ".join(f"{len(v)} {k}" for k, v in problems.items())
     verdict = "FAILED" if failed else f"ok with {warned} warning(s)" if warned else "ok"
