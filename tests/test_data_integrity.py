@@ -208,7 +208,7 @@ def test_validate_reports_each_kind_with_counts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "wrong size: record 3 (image 2): 200x150x3, expected 112x112 (WxH, property)" in out
     assert "wrong channels: record 9 (image 8): 112x112x1" in out
-    assert "0 damaged, 3 wrong size, 1 wrong channels, 0 out-of-range label, 0 empty classes: ok with 4" in out
+    assert "0 damaged, 3 wrong size, 1 wrong channels, 0 out-of-range label, 0 identity mismatch, 0 empty classes: ok with 4" in out
     bad = damaged_set(tmp_path)
     with InsightfaceWriter(tmp_path / "bad", 2) as w:
         for i, data in enumerate([cv_jpeg(face(0)), *bad.values(), cv_jpeg(face(1))]):

@@ -134,7 +134,7 @@ def test_validate_reports_damaged_and_out_of_range_records_with_exit_1(tmp_path,
 def test_validate_passes_a_clean_dataset(folder, tmp_path, capsys):
     rec("build", folder[0], tmp_path / "a")
     assert rec("validate", tmp_path / "a") == 0
-    assert ("0 damaged, 0 wrong size, 0 wrong channels, 0 out-of-range label, 0 empty classes: ok"
+    assert ("0 damaged, 0 wrong size, 0 wrong channels, 0 out-of-range label, 0 identity mismatch, 0 empty classes: ok"
             in capsys.readouterr().out)
 
 
