@@ -197,3 +197,16 @@ def test_flat_labels_are_cached_outside_the_data_and_invalidated_by_a_change(tmp
             w.add(png(k), 3 - k % 4)
     third = RecordDataset(data)
     assert third.label_source == "header scan" and third.labels.tolist() == [3 - k % 4 for k in range(20)]
+
+
+@pytest.mark.parametrize("keys", [list(range(0, 50)), list(range(5, 40)) + [3, 90, 41, 3]])
+def test_read_index_equals_mxnets_own_reading_in_small_blocks(tmp_path, keys):
+    from pfc_mx.data.record_format import KeyRange, read_index
+    w = mx.recordio.MXIndexedRecordIO(str(tmp_path / "t.idx"), str(tmp_path / "t.rec"), "w")
+    for k in keys:
+        w.write_idx(k, mx.recordio.pack(mx.recordio.IRHeader(0, float(k), k, 0), png(k)))
+    w.close()
+    r = mx.recordio.MXIndexedRecordIO(str(tmp_path / "t.idx"), str(tmp_path / "t.rec"), "r")
+    got_keys, got_offsets = read_index(tmp_path / "t.idx", block=37)  # blocks cut lines anywhere
+    assert isinstance(got_keys, KeyRange) == (keys == list(range(50)))
+    assert np.asarray(got_keys).tolist() == sorted(r.idx) and got_offsets.tolist() == [r.idx[k] for k in sorted(r.idx)]

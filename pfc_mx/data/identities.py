@@ -20,7 +20,7 @@ from typing import Tuple
 
 import numpy as np
 
-from pfc_mx.data.record_format import scan_headers, scan_pairs
+from pfc_mx.data.record_format import Keys, positions, scan_headers, scan_pairs
 from pfc_mx.errors import DatasetError
 
 EXACT = 1 << 24  # float32 holds every integer below this exactly
@@ -34,11 +34,10 @@ def _step(value: float) -> int:
     return 0 if abs(value) < EXACT else int(np.spacing(np.float32(abs(value))))
 
 
-def _is_identity(buf: np.ndarray, keys: np.ndarray, offsets: np.ndarray, candidates: np.ndarray,
+def _is_identity(buf: np.ndarray, keys: Keys, offsets: np.ndarray, candidates: np.ndarray,
                  where: str) -> np.ndarray:
     """Bool per candidate key: the record is an identity record (2-value label, no image); False if absent."""
-    pos = np.searchsorted(keys, candidates)
-    present = (pos < keys.size) & (keys[np.minimum(pos, keys.size - 1)] == candidates)
+    pos, present = positions(keys, candidates)
     out = np.zeros(candidates.size, bool)
     off = offsets[pos[present]]
     head = np.ascontiguousarray(buf[off[:, None] + np.arange(12)]).view("<u4")  # magic, lrec, flag
@@ -46,7 +45,7 @@ def _is_identity(buf: np.ndarray, keys: np.ndarray, offsets: np.ndarray, candida
     return out
 
 
-def resolve_bounds(buf: np.ndarray, keys: np.ndarray, offsets: np.ndarray, a: float, b: float,
+def resolve_bounds(buf: np.ndarray, keys: Keys, offsets: np.ndarray, a: float, b: float,
                    where: str) -> Tuple[int, int]:
     """Record 0's (a, b) as exact integers: past 2**24 the stored float32 may be rounded, and the
     true bound is where the records turn from images to identity records (a) and end (b)."""

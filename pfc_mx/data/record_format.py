@@ -2,7 +2,7 @@
 
 Usage::
 
-    keys, offsets = read_index(Path("train.idx"))        # int64, sorted by key
+    keys, offsets = read_index(Path("train.idx"))        # sorted by key (a KeyRange when consecutive)
     payload = read_record_at(fd, offsets[0], file_size, "train.rec")
     flag, labels, image = unpack_header(payload)         # like mx.recordio.unpack
     labels = scan_headers(np.frombuffer(mm, np.uint8), offsets, "train.rec", keys)
@@ -20,7 +20,7 @@ import os
 import struct
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -32,16 +32,60 @@ _LEN_MASK = (1 << 29) - 1
 _IR_FORMAT = "<IfQQ"  # flag, label, id, id2: mx.recordio.IRHeader
 _IR_SIZE = struct.calcsize(_IR_FORMAT)
 _SCAN_CHUNK = 1 << 16  # records per vectorised header scan (a few MB of temporaries)
-_INDEX_BLOCK = 1 << 24  # bytes of .idx text parsed at a time
+_INDEX_BLOCK = 1 << 20  # bytes of .idx text parsed at a time
 
 
-def read_index(idx_path: Path, block: int = _INDEX_BLOCK) -> Tuple[np.ndarray, np.ndarray]:
-    """Parse an MXNet .idx file ("key<TAB>offset" lines) into (keys, offsets) int64 sorted by key.
+class KeyRange:
+    """Record keys start … stop − 1 of consecutive records, without storing them (8 bytes a record).
+
+    Indexed like the int64 array it stands for: keys[i] is an int, keys[array] an array.
+    """
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = int(start), int(stop)
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            if not -self.size <= i < self.size:
+                raise IndexError(f"record {i} outside [0, {self.size})")
+            return self.start + int(i) % self.size
+        if isinstance(i, slice):
+            return np.arange(self.start, self.stop, dtype=np.int64)[i]
+        return self.start + np.asarray(i, dtype=np.int64)
+
+    def __array__(self, dtype=None) -> np.ndarray:
+        return np.arange(self.start, self.stop, dtype=dtype or np.int64)
+
+    def tolist(self) -> list:
+        return list(range(self.start, self.stop))
+
+
+Keys = Union[np.ndarray, KeyRange]
+
+
+def positions(keys: Keys, wanted: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(position in keys, present) of each wanted key; keys sorted and unique."""
+    if isinstance(keys, KeyRange):
+        pos = wanted - keys.start
+        return pos, (pos >= 0) & (pos < keys.size)
+    pos = np.searchsorted(keys, wanted)
+    return pos, (pos < keys.size) & (keys[np.minimum(pos, keys.size - 1)] == wanted)
+
+
+def read_index(idx_path: Path, block: int = _INDEX_BLOCK) -> Tuple[Keys, np.ndarray]:
+    """Parse an MXNet .idx file ("key<TAB>offset" lines) into (keys, offsets int64), sorted by key.
 
     A key listed twice keeps its last offset, as mx.recordio.MXIndexedRecordIO does. Reads
-    the file twice in blocks of `block` bytes (count the lines, then parse into arrays of
-    that size), so memory beyond the two arrays (16 bytes a line) stays near two blocks;
-    an index already in key order (as writers make it) is neither sorted nor copied again.
+    the file twice in blocks of `block` bytes (count the lines, then parse), so memory beyond
+    the offsets (8 bytes a line) stays near a few blocks while the keys run consecutively (as
+    writers make them: keys is then a KeyRange); other keys are stored and sorted.
     """
     lines = 0
     last = b"\n"
@@ -50,38 +94,51 @@ def read_index(idx_path: Path, block: int = _INDEX_BLOCK) -> Tuple[np.ndarray, n
             lines += chunk.count(b"\n")
             last = chunk[-1:]
     lines += last != b"\n"
-    values = np.empty(2 * lines, np.int64)
-    filled = 0
+    offsets = np.empty(lines, np.int64)
+    keys: Optional[np.ndarray] = None  # stored once they stop running consecutively
+    first = filled = 0
     with open(idx_path, "rb") as f:
         tail = b""
         for chunk in iter(lambda: f.read(block), b""):
-            text, cut = tail + chunk, (tail + chunk).rfind(b"\n") + 1
+            text = tail + chunk
+            cut = text.rfind(b"\n") + 1
             text, tail = text[:cut], text[cut:]
-            filled = _parse_lines(text, values, filled, idx_path)
-        filled = _parse_lines(tail, values, filled, idx_path)
-    if filled != values.size:
+            keys, first, filled = _parse_lines(text, keys, offsets, first, filled, idx_path)
+        keys, first, filled = _parse_lines(tail, keys, offsets, first, filled, idx_path)
+    if filled != lines:
         raise DatasetError(f"{idx_path}: malformed index (expected 'key<TAB>offset' lines)")
-    keys, offsets = values[0::2], values[1::2]
-    if keys.size and not (keys[1:] > keys[:-1]).all():
-        order = np.argsort(keys, kind="stable")
-        keys, offsets = keys[order], offsets[order]
-        last_of_key = np.append(keys[1:] != keys[:-1], True)
-        return keys[last_of_key], offsets[last_of_key]
-    return keys, offsets
+    if keys is None:
+        return KeyRange(first, first + lines), offsets
+    if (keys[1:] > keys[:-1]).all():
+        return keys, offsets
+    order = np.argsort(keys, kind="stable")
+    keys, offsets = keys[order], offsets[order]
+    last_of_key = np.append(keys[1:] != keys[:-1], True)
+    return keys[last_of_key], offsets[last_of_key]
 
 
-def _parse_lines(text: bytes, out: np.ndarray, filled: int, idx_path: Path) -> int:
-    """Parse whole lines of text into out[filled:]; return the new fill; DatasetError if malformed."""
+def _parse_lines(text: bytes, keys: Optional[np.ndarray], offsets: np.ndarray, first: int, filled: int,
+                 idx_path: Path) -> Tuple[Optional[np.ndarray], int, int]:
+    """Parse whole lines into offsets[filled:] and keys (None while they run first, first + 1, …)."""
     if not text.strip():
-        return filled
+        return keys, first, filled
     with warnings.catch_warnings():  # malformed text: numpy warns and stops early; caught by the count
         warnings.simplefilter("ignore")
         values = np.fromstring(text, dtype=np.int64, sep=" ")
-    want = 2 * (text.count(b"\n") + (not text.endswith(b"\n")))
-    if values.size != want or filled + want > out.size:
+    n = text.count(b"\n") + (not text.endswith(b"\n"))
+    if values.size != 2 * n or filled + n > offsets.size:
         raise DatasetError(f"{idx_path}: malformed index (expected 'key<TAB>offset' lines)")
-    out[filled:filled + want] = values
-    return filled + want
+    got = values[0::2]
+    offsets[filled:filled + n] = values[1::2]
+    if keys is None:
+        if filled == 0:
+            first = int(got[0])
+        if got[0] == first + filled and (np.diff(got) == 1).all():
+            return None, first, filled + n
+        keys = np.empty(offsets.size, np.int64)
+        keys[:filled] = np.arange(first, first + filled)
+    keys[filled:filled + n] = got
+    return keys, first, filled + n
 
 
 def read_property(path: Path) -> Tuple[Optional[int], Optional[Tuple[int, int]]]:
@@ -136,14 +193,16 @@ def check_index_covers(fd: int, keys: np.ndarray, offsets: np.ndarray, file_size
 
     The writer pads every record to 4 bytes, so the file ends within 3 bytes of the last record's payload.
     """
-    inside = np.flatnonzero(offsets < file_size)
-    last = int(inside[np.argmax(offsets[inside])]) if inside.size else int(np.argmin(offsets))
+    last = int(np.argmax(offsets))
+    if offsets[last] >= file_size:  # a truncated .rec: the record that reaches past its end, or the first beyond
+        inside = np.flatnonzero(offsets < file_size)
+        last = int(inside[np.argmax(offsets[inside])]) if inside.size else int(np.argmin(offsets))
     try:
         end = max(pos + 8 + length for pos, length in _chunks(fd, int(offsets[last]), str(rec)))
     except DatasetError as e:
         raise DatasetError(f"{rec}: record {keys[last]} at byte {offsets[last]}: {str(e).split(': ', 1)[-1]}: "
                            "truncated .rec or wrong .idx")
-    past = np.flatnonzero(offsets >= file_size)
+    past = np.flatnonzero(offsets >= file_size) if offsets[last] < offsets.max() else np.zeros(0, np.int64)
     if end > file_size or past.size:
         k = last if end > file_size else int(past[np.argmin(offsets[past])])
         how = "reaches beyond" if k == last else "lies beyond"

@@ -32,8 +32,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from pfc_mx.data import identities, label_cache
-from pfc_mx.data.record_format import (check_index_covers, read_index, read_property, read_record_at,
-                                       scan_headers, unpack_header)
+from pfc_mx.data.record_format import (KeyRange, Keys, check_index_covers, positions, read_index, read_property,
+                                       read_record_at, scan_headers, unpack_header)
 from pfc_mx.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -44,37 +44,6 @@ def resolve_paths(root_or_rec_path: "str | os.PathLike") -> Tuple[Path, Path, Pa
     p = Path(root_or_rec_path)
     rec = p / "train.rec" if p.is_dir() else p
     return rec, rec.with_suffix(".idx"), rec.parent / "property"
-
-
-class KeyRange:
-    """Record keys start … stop − 1 of consecutive image records, without storing them (8 bytes an image).
-
-    Indexed like the int64 array it stands for: keys[i] is an int, keys[array] an array.
-    """
-
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = int(start), int(stop)
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, i):
-        if isinstance(i, (int, np.integer)):
-            if not -self.size <= i < self.size:
-                raise IndexError(f"image {i} outside [0, {self.size})")
-            return self.start + int(i) % self.size
-        return np.arange(self.start, self.stop, dtype=np.int64)[i] if isinstance(i, slice) else \
-            self.start + np.asarray(i, dtype=np.int64)
-
-    def __array__(self, dtype=None) -> np.ndarray:
-        return np.arange(self.start, self.stop, dtype=dtype or np.int64)
-
-    def tolist(self) -> list:
-        return list(range(self.start, self.stop))
 
 
 class RecordDataset:
@@ -178,14 +147,14 @@ class RecordDataset:
                                "expected 1 <= a <= b")
         return a, b
 
-    def _image_records(self, keys: np.ndarray, offsets: np.ndarray, a: int, b: int) -> Tuple[KeyRange, np.ndarray]:
+    def _image_records(self, keys: Keys, offsets: np.ndarray, a: int, b: int) -> Tuple[KeyRange, np.ndarray]:
         """(keys, offsets) of images 1 … a − 1; keeps the identity records' offsets aside."""
         if keys.size >= b and keys[0] == 0 and keys[b - 1] == b - 1:  # sorted unique: keys[:b] == 0 … b − 1
             self._identity_offsets = offsets[a:b].copy()
             return KeyRange(1, a), np.ascontiguousarray(offsets[1:a])
         wanted = np.arange(1, b, dtype=np.int64)
-        pos = np.searchsorted(keys, wanted)
-        missing = np.flatnonzero((pos >= keys.size) | (keys[np.minimum(pos, keys.size - 1)] != wanted))
+        pos, present = positions(keys, wanted)
+        missing = np.flatnonzero(~present)
         if missing.size:
             k = int(wanted[missing[0]])
             what = "image" if k < a else "identity"

@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""A scale rehearsal on your own machine: open, train, checkpoint and resume at the papers' sizes.
+
+    python tools/bench_scale.py --shape ms1mv3 --train-classes 10000000 --dim 128
+    python tools/bench_scale.py --rec /data/glint360k --train-classes 360232 --dim 512
+    python tools/bench_scale.py --shape webface42m --skip-train       # opening and loading only
+
+Phases, each in its own process so memory figures are its own:
+  write   an insightface-layout rec shaped like MS1MV3 / Glint360K / WebFace42M (pfc_mx.data.shaped:
+          tiny images, vectorised, with progress and ETA), unless --rec names yours;
+  open    RecordDataset cold (the rec's and index's pages dropped from the page cache) and warm, beside
+          insightface's FaceImageIter approach (MXIndexedRecordIO + record 0 + every identity record):
+          seconds, bytes read (pages of the files brought into the cache), peak RSS growth, arrays kept;
+  loader  RecordLoader with 2 workers: the private memory each worker adds, and one epoch's permutation;
+  train   `--steps` steps on 2 ranks (horovodrun, Gloo) of a tiny backbone with --train-classes centers,
+          checkpoint, stop; resume on 1 rank for `--steps` more and finish. Per rank: peak RSS beside the
+          capacity planner's prediction of the head, checkpoint size, save and resume times.
+Prints one table at the end (markdown) with the command that made it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _private_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+
+
+def probe_open(data: str, how: str) -> dict:
+    """Open `data` our way ("ours") or FaceImageIter's way ("mxnet"); seconds, bytes read, RSS growth."""
+    from pfc_mx.data.page_cache import resident_bytes
+    from pfc_mx.data.recordio import RecordDataset, resolve_paths
+    rec, idx, _ = resolve_paths(data)
+    before = [resident_bytes(p) or 0 for p in (rec, idx)]
+    import numpy as np  # noqa: F401  (imports before the measurement)
+    import mxnet as mx
+    _reset_peak()
+    rss0 = _kib("VmRSS")
+    t = time.perf_counter()
+    if how == "ours":
+        ds = RecordDataset(data)
+        kept = ds.offsets.nbytes + ds.labels.nbytes + ds.class_counts.nbytes + ds._identity_offsets.nbytes
+        extra = {"images": ds.num_images, "classes": ds.num_classes, "labels_from": ds.label_source}
+    else:
+        r = mx.recordio.MXIndexedRecordIO(str(idx), str(rec), "r")
+        header, _ = mx.recordio.unpack(r.read_idx(0))
+        a, b = int(header.label[0]), int(header.label[1])
+        ranges = [mx.recordio.unpack(r.read_idx(k))[0].label for k in range(a, b)]
+        kept, extra = 0, {"identities": len(ranges)}
+    seconds = time.perf_counter() - t
+    after = [resident_bytes(p) or 0 for p in (rec, idx)]
+    return {"seconds": seconds, "read_rec": after[0] - before[0], "read_idx": after[1] - before[1],
+            "rss_growth": (_kib("VmHWM") - rss0) * 1024, "kept": kept, **extra}
+
+
+def probe_loader(data: str) -> dict:
+    """Private memory each of 2 loader workers adds after 3 batches, and one epoch permutation's seconds."""
+    from pfc_mx.data.loader import RecordLoader
+    from pfc_mx.data.recordio import RecordDataset
+    ds = RecordDataset(data)
+    t = time.perf_counter()
+    with RecordLoader(ds, batch_size=64, num_workers=2, seed=0) as loader:
+        permute = time.perf_counter()
+        loader.sampler.permutation(0)
+        permute = time.perf_counter() - permute
+        it = loader.epoch(0)
+        for _ in range(3):
+            next(it)
+        workers = [_private_kib(p.pid) * 1024 for p in loader._workers]
+    return {"workers_private": workers, "permutation_s": permute, "seconds": time.perf_counter() - t}
+
+
+def probe_rank(out: str, argv: list) -> None:
+    """Run train_horovod.py in this process (one rank); write its peak RSS to OUT/peak-<rank>.json."""
+    import runpy
+    rank = os.environ.get("HOROVOD_RANK", "0")
+    t = time.perf_counter()
+    sys.argv = [str(ROOT / "train_horovod.py")] + argv
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        Path(out, f"peak-{rank}.json").write_text(json.dumps({"peak_rss": _kib("VmHWM") * 1024,
+                                                              "seconds": time.perf_counter() - t}))
+
+
+def _sub(args: list, timeout: float = 3600) -> dict:
+    r = subprocess.run([sys.executable, __file__, "_probe"] + args, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_scale: probe {args[0]} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _progress(label: str):
+    t0 = time.time()
+
+    def show(done: int, total: int) -> None:
+        el = time.time() - t0
+        eta = el / max(done, 1) * (total - done)
+        print(f"\r{label}: {done:,}/{total:,} records, {el:.0f} s, ETA {eta:.0f} s", end="", flush=True)
+    return show
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def phase_train(args, data: Path, out: Path, rows: list, logs: list) -> None:
+    from pfc_mx.capacity import RunSpec, make_plan
+    run = out / "run"
+    sets = [f"data.rec={data}", f"data.num_classes={args.train_classes}", f"model.embedding_size={args.dim}",
+            f"partial_fc.sample_rate={args.sample_rate}", f"data.batch_size={args.batch}", "data.num_workers=1",
+            f"output.dir={run}", f"output.checkpoint_every={args.steps}", "output.log_every=1",
+            "output.tensorboard=false", "eval.targets=[]", "output.keep=1"]
+    cfg = [str(ROOT / "configs" / "demo.yaml"), "--set"]
+    hvd = [str(Path(sys.executable).with_name("horovodrun")), "-np", "2", "-H", "localhost:2", "--gloo"]
+    for ranks, steps in ((2, args.steps), (1, 2 * args.steps)):
+        extra = [f"optim.max_steps={steps}"] + (["output.allow_changes=true"] if ranks == 1 else [])
+        cmd = [sys.executable, __file__, "_probe", "rank", str(out), "--"] + cfg + sets + extra
+        cmd = hvd + cmd if ranks == 2 else cmd
+        print(f"train on {ranks} rank(s): {shlex.join(cmd[-3:])} ...", flush=True)
+        t = time.perf_counter()
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+        wall = time.perf_counter() - t
+        (out / f"train-{ranks}.log").write_text(r.stdout + r.stderr)
+        if r.returncode != 0:
+            raise SystemExit(f"bench_scale: training on {ranks} rank(s) failed (log: {out}/train-{ranks}.log)\n"
+                             f"{(r.stdout + r.stderr)[-3000:]}")
+        peaks = [json.loads((out / f"peak-{k}.json").read_text())["peak_rss"] for k in range(ranks)]
+        plan = make_plan(RunSpec(num_classes=args.train_classes, world=ranks, batch=args.batch,
+                                 embedding_size=args.dim, sample_rate=args.sample_rate, backbone="mobilefacenet",
+                                 calibration="mxnet"))
+        head = sum(i.bytes for i in plan.memory if i.name == "class centers + momentum")
+        ckpt = max((run / "checkpoints").glob("step-*"))
+        size = sum(p.stat().st_size for p in ckpt.iterdir())
+        what = f"train {steps} steps on 2 ranks, stop" if ranks == 2 else f"resume on 1 rank, finish (step {steps})"
+        rows.append((f"{what}, C {args.train_classes:,}, D {args.dim}", f"{wall:.1f} s", " / ".join(_gib(p) for p in peaks),
+                     f"planner: centers + momentum {_gib(head)}/rank; checkpoint {ckpt.name} {_gib(size)}"))
+        logs.extend(line.strip() for line in (r.stdout + r.stderr).splitlines()
+                    if re.search(r"(checkpoint|resum|centers).* in [0-9.]+ s", line))
+
+
+def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["_probe"]:
+        kind, rest = sys.argv[2], sys.argv[3:]
+        if kind == "rank":
+            probe_rank(rest[0], rest[2:])
+            return 0
+        print(json.dumps(probe_open(rest[0], rest[1]) if kind == "open" else probe_loader(rest[0])))
+        return 0
+    from pfc_mx.data.page_cache import evict
+    from pfc_mx.data.shaped import SHAPES, write_shaped
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="ms1mv3")
+    p.add_argument("--images", type=int, default=0, help="instead of --shape: this many images ...")
+    p.add_argument("--classes", type=int, default=0, help="... of this many identities")
+    p.add_argument("--image-bytes", type=int, default=0, help="record size of a real face (~3600); 0: tiny PNGs")
+    p.add_argument("--rec", help="your own rec (folder or .rec) instead of writing one")
+    p.add_argument("--out", default=str(ROOT / "work_dirs" / "scale"))
+    p.add_argument("--train-classes", type=int, default=10_000_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--sample-rate", type=float, default=0.1)
+    p.add_argument("--batch", type=int, default=64, help="per rank")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per training run")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, logs = [], []
+    if args.rec:
+        data = Path(args.rec)
+    else:
+        images, classes = (args.images, args.classes) if args.images else SHAPES[args.shape]
+        data = out / f"data-{images}x{classes}-{args.image_bytes}"
+        if not (data / "property").is_file():
+            s = write_shaped(data, images, classes, args.image_bytes, progress=_progress("write"))
+            print()
+            rows.append((f"write {images:,} images, {classes:,} identities", f"{s['seconds']:.1f} s", "",
+                         f"rec {_gib(s['rec_bytes'])}, idx {_gib(s['idx_bytes'])}"))
+    from pfc_mx.data.recordio import resolve_paths
+    rec, idx, _ = resolve_paths(data)
+    size = rec.stat().st_size
+    for temp in ("cold", "warm"):
+        res = {}
+        for how in ("ours", "mxnet"):
+            if temp == "cold" and not (evict(rec) and evict(idx)):
+                print("note: the page cache keeps this file system's pages: 'cold' is warm here")
+            res[how] = _sub(["open", str(data), how])
+        o, m = res["ours"], res["mxnet"]
+        rows.append((f"open {temp} ({o['labels_from']})", f"{o['seconds']:.2f} s ({o['seconds'] / m['seconds']:.2f}× "
+                     f"FaceImageIter's {m['seconds']:.2f} s)", f"+{_gib(o['rss_growth'])} "
+                     f"({o['rss_growth'] / max(o['kept'], 1):.2f}× the {_gib(o['kept'])} kept; theirs "
+                     f"+{_gib(m['rss_growth'])})", "" if temp == "warm" else f"read {_gib(o['read_rec'])} of the rec "
+                     f"({100 * o['read_rec'] / size:.2f} %) + {_gib(o['read_idx'])} index; theirs "
+                     f"{_gib(m['read_rec'] + m['read_idx'])}"))
+    ld = _sub(["loader", str(data)])
+    rows.append(("loader, 2 workers", f"permutation {ld['permutation_s']:.2f} s",
+                 "workers +" + " / ".join(_gib(w) for w in ld["workers_private"]) + " private", ""))
+    if not args.skip_train:
+        phase_train(args, data, out, rows, logs)
+    print(f"\n`python tools/bench_scale.py {shlex.join(sys.argv[1:])}`  (rec {_gib(size)})\n")
+    print("| phase | time | memory | notes |\n|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    if logs:
+        print("\nThe runs' own checkpoint lines:\n" + "\n".join(f"    {line[-200:]}" for line in logs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
