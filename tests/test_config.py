@@ -10,7 +10,7 @@ import pytest
 
 from pfc_mx.config import build_config, check_data_paths, load_config, save_config
 from pfc_mx.errors import ConfigError, DatasetError
-from pfc_mx.margin import get_margin
+from pfc_mx.margin_rules import get_margin
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -157,7 +157,7 @@ def test_config_accepts_exactly_the_margins_the_margin_module_accepts(spec):
     try:
         got = build_config({"loss": {"margin": spec}}).loss.margins
     except ConfigError as e:
-        assert expected is None, f"config rejects {spec!r}, pfc_mx.margin takes it: {e}"
+        assert expected is None, f"config rejects {spec!r}, pfc_mx.margin_rules takes it: {e}"
         return
     assert got == expected
 
