@@ -12,7 +12,7 @@ goes through here.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
@@ -46,10 +46,19 @@ def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> None:
         raise
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+def _create_unique(folder: Path, name: str, mode: int) -> Path:
+    """Create an empty `.<name>.<random>.tmp` in folder with `mode` (the kernel applies the umask).
+
+    O_EXCL makes the name ours; the umask is never read or changed, so other threads are unaffected.
+    """
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
 
 
 @contextmanager
@@ -57,16 +66,14 @@ def atomic_path(path: Union[str, Path], mode: int = 0o666) -> Iterator[Path]:
     """Yield a unique temporary path beside `path`; rename it onto `path` when the block succeeds.
 
     For writers that take a file name (a compiler, onnx.save, pickle into open()). The file
-    exists (empty) when the block starts and gets `mode` less the umask, as open() would give
-    it. Several processes may write the same target at once: the last rename wins, whole.
+    exists (empty) when the block starts, created with `mode` less the umask, as open() would
+    give it (a writer that replaces the file instead of writing into it sets its own mode).
+    Several processes may write the same target at once: the last rename wins, whole.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_unique(path.parent, path.name, mode)
     try:
         yield tmp
-        os.chmod(tmp, mode & ~_umask())  # mkstemp makes it private
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -24,72 +24,30 @@ Numerical treatment (insightface's, documented here because it changes values):
   moves only for |θ| < 0.08° (at most ≈ s·m1·sin(m2)·1.4e-3 on one logit).
 * CosFace-type margins (m1 = 1, m2 = 0) never call arccos: ``cos − m3`` exactly.
 
-Bounds (checked by get_margin; config validation asks `margin_problem`, so the
-two cannot disagree): m1 > 0 (finite), 0 <= m2 < π, 0 <= m3 < 1.
-
-* m2 < π: at θ = 0 the angle m1·θ + m2 is m2; from π on no angle takes the
-  cosine branch and the "margin" is the fallback's constant shift.
-* m3 < 1: the best target logit, at θ = 0, is cos(m2) − m3 <= 1 − m3. With
-  m3 >= 1 it is never positive, so never above a class orthogonal to the
-  embedding (cos 0), as most of many classes in D dimensions nearly are: the
-  margin could not be met, only the loss inflated.
-* m1 finite: m1·θ must be an angle.
+Presets and bounds (get_margin, margin_problem) live in pfc_mx.margin_rules, which the
+config reads without loading MXNet; they are imported here for the head's callers.
 
 All functions are differentiable with mx.autograd; they never read a config.
-This module imports MXNet only inside its functions: pfc_mx.config imports the
-presets and bounds, and loading a config must not load MXNet (tools/plan.py).
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
-if TYPE_CHECKING:
-    import mxnet as mx
+import mxnet as mx
+from mxnet import autograd
 
-Margin = Tuple[float, float, float]
+from pfc_mx.margin_rules import (ARCFACE, BOUNDS, COSFACE, M2_LIMIT, M3_LIMIT, PRESETS, Margin, get_margin,
+                                 margin_problem)
 
-ARCFACE: Margin = (1.0, 0.5, 0.0)
-COSFACE: Margin = (1.0, 0.0, 0.4)
-PRESETS: Dict[str, Margin] = {"arcface": ARCFACE, "cosface": COSFACE}
-M2_LIMIT = math.pi  # m2 < M2_LIMIT
-M3_LIMIT = 1.0      # m3 < M3_LIMIT
-BOUNDS = "m1 > 0, 0 <= m2 < pi, 0 <= m3 < 1"
+__all__ = ["ARCFACE", "BOUNDS", "COSFACE", "M2_LIMIT", "M3_LIMIT", "PRESETS", "Margin", "get_margin",
+           "margin_problem", "target_logit", "target_logit_and_derivative", "keep_mask", "margin_logits"]
 
 ACOS_EPS = 1e-6  # clamp of cos before arccos
 
 
-def margin_problem(spec: Union[str, Sequence[float]]) -> Optional[str]:
-    """Why spec is not a margin get_margin accepts, in a few words; None when it is one."""
-    if isinstance(spec, str):
-        if spec.lower() in PRESETS:
-            return None
-        return f"use one of {sorted(PRESETS)} or a list [m1, m2, m3]"
-    try:
-        m1, m2, m3 = (float(v) for v in spec)
-    except (TypeError, ValueError):
-        return "need three numbers [m1, m2, m3]"
-    if not (0 < m1 < math.inf and 0 <= m2 < M2_LIMIT and 0 <= m3 < M3_LIMIT):
-        return f"need {BOUNDS}"
-    return None
-
-
-def get_margin(spec: Union[str, Sequence[float]]) -> Margin:
-    """(m1, m2, m3) from a preset name ('arcface', 'cosface', any case) or three numbers within BOUNDS.
-
-    ValueError naming spec and the rule it breaks otherwise.
-    """
-    problem = margin_problem(spec)
-    if problem:
-        raise ValueError(f"margin {spec!r}: {problem}")
-    if isinstance(spec, str):
-        return PRESETS[spec.lower()]
-    return tuple(float(v) for v in spec)  # type: ignore[return-value]
-
-
 def _straight_through_clamp(x: mx.nd.NDArray, lo: float, hi: float) -> mx.nd.NDArray:
     """clip(x, lo, hi) in value, identity in gradient."""
-    import mxnet as mx
     return x + (mx.nd.clip(x, lo, hi) - x).detach()
 
 
@@ -99,7 +57,6 @@ def target_logit(cos_t: mx.nd.NDArray, m1: float, m2: float, m3: float) -> mx.nd
     Same shape and dtype as cos_t; see the module docstring for the θ + m2 > π
     fallback and the clamp at cos = ±1.
     """
-    import mxnet as mx
     if m1 == 1.0 and m2 == 0.0:
         return cos_t - m3
     theta = mx.nd.arccos(_straight_through_clamp(cos_t, -1.0 + ACOS_EPS, 1.0 - ACOS_EPS))
@@ -111,7 +68,6 @@ def target_logit(cos_t: mx.nd.NDArray, m1: float, m2: float, m3: float) -> mx.nd
 
 def target_logit_and_derivative(cos_t: mx.nd.NDArray, margin: Margin) -> Tuple[mx.nd.NDArray, mx.nd.NDArray]:
     """(f(cos_t), f'(cos_t)) of target_logit, element-wise, by autograd on the (K,) vector."""
-    from mxnet import autograd
     c = cos_t.copy()
     c.attach_grad()
     with autograd.record(train_mode=False):
@@ -125,7 +81,6 @@ def keep_mask(cos: mx.nd.NDArray, threshold: float, out: Optional[mx.nd.NDArray]
 
     Target entries must be exempted by the caller (they get the margin logit).
     """
-    import mxnet as mx
     return mx.nd._internal._lesser_equal_scalar(cos, scalar=float(threshold), out=out)
 
 
@@ -138,7 +93,6 @@ def margin_logits(cos: mx.nd.NDArray, labels: mx.nd.NDArray, margin: Margin, sca
     when threshold > 0); target entries s·target_logit(cos). Allocates (N, S)
     arrays: a reference-sized helper, PartialFC works on preallocated buffers.
     """
-    import mxnet as mx
     labels = labels.astype("int64")
     has = labels >= 0
     column = mx.nd.maximum(labels, 0)

@@ -8,10 +8,10 @@ Usage::
     plan = plan_step(labels, start, n, sample_rate, step_rng(seed, rank, step))
     plan.index, plan.local_labels                  # rows used (sorted), labels remapped into them
 
-Shards follow shared/DESIGN.md §3 step 4; the initial centers of a global class
-depend only on the seed and the class id, never on the world size, so any
-number of ranks starts from the same global center matrix. Sampling is step 5:
-every positive class of the shard, then negatives drawn uniformly without
+Shards and sampling follow docs/design.md ("One training step", "Sampling"); the
+initial centers of a global class depend only on the seed and the class id, never
+on the world size, so any number of ranks starts from the same global center
+matrix. Sampling: every positive class of the shard, then negatives drawn uniformly without
 replacement among the other rows (the first non-positive rows of a random
 ordering of the shard).
 """

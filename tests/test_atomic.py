@@ -52,3 +52,26 @@ def test_atomic_path_gives_the_permissions_open_would(tmp_path):
         os.umask(umask)
     assert (tmp_path / "data.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "lib.so").stat().st_mode & 0o777 == 0o755
+
+
+def test_atomic_path_never_reads_the_umask_by_setting_it(tmp_path, monkeypatch):
+    """os.umask is process-wide: setting it to read it races with files other threads create."""
+    def refuse(*_):
+        raise AssertionError("atomic_path called os.umask")
+    monkeypatch.setattr(os, "umask", refuse)
+    with atomic_path(tmp_path / "model.onnx") as tmp:
+        assert tmp.exists() and tmp.stat().st_size == 0
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "model.onnx").read_bytes() == b"x"
+
+
+def test_atomic_path_creates_the_temporary_with_its_final_mode(tmp_path):
+    """The mode is set when the file is made, not by a chmod after the writer is done."""
+    umask = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "lib.so", mode=0o755) as tmp:
+            seen = tmp.stat().st_mode & 0o777
+    finally:
+        os.umask(umask)
+    assert seen == 0o750
+    assert (tmp_path / "lib.so").stat().st_mode & 0o777 == 0o750

@@ -10,7 +10,7 @@ import pytest
 
 from pfc_mx.config import build_config, check_data_paths, load_config, save_config
 from pfc_mx.errors import ConfigError, DatasetError
-from pfc_mx.margin import get_margin
+from pfc_mx.margin_rules import get_margin
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -157,7 +157,7 @@ def test_config_accepts_exactly_the_margins_the_margin_module_accepts(spec):
     try:
         got = build_config({"loss": {"margin": spec}}).loss.margins
     except ConfigError as e:
-        assert expected is None, f"config rejects {spec!r}, pfc_mx.margin takes it: {e}"
+        assert expected is None, f"config rejects {spec!r}, pfc_mx.margin_rules takes it: {e}"
         return
     assert got == expected
 
@@ -165,3 +165,92 @@ def test_config_accepts_exactly_the_margins_the_margin_module_accepts(spec):
 def test_loading_a_config_does_not_load_mxnet_or_opencv():
     code = "import sys, pfc_mx.config; sys.exit('mxnet' in sys.modules or 'cv2' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
+
+
+# ---------------------------------------------------------------- numbers as people write them
+def _numeric_keys():
+    """(section, key, kind) of every int, float and List[float] key of the schema, with its default."""
+    import dataclasses
+    from typing import get_type_hints
+
+    from pfc_mx.config import Config
+    out = []
+    for section in dataclasses.fields(Config):
+        hint = get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(hint):
+            if hint in (int, float):
+                out.append((section.name, None, hint, getattr(Config(), section.name)))
+            continue
+        default = getattr(Config(), section.name)
+        for key, kind in get_type_hints(hint).items():
+            if kind in (int, float):
+                out.append((section.name, key, kind, getattr(default, key)))
+    return out
+
+
+NUMERIC_KEYS = _numeric_keys()
+
+
+def _exponent(value: float) -> str:
+    """value in the shortest e-notation without a dot where possible: 0.0005 -> '5e-4', 64.0 -> '6.4e1'."""
+    mantissa, exp = f"{value:.15e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
+def _spellings(kind, value):
+    """Ways people write value that Python's float() (and int(), for int keys) reads."""
+    texts = [_exponent(float(value)), _exponent(float(value)).upper(), f"{float(value):e}", f"+{_exponent(float(value))}"]
+    if kind is int:
+        texts += [f"{value:_}", f"{float(value):.1f}"]
+    else:
+        texts += [repr(float(value)), f"{float(value):.6E}"]
+    return texts
+
+
+def test_the_schema_has_the_numeric_keys_this_test_covers():
+    names = {f"{s}.{k}" if k else s for s, k, _, _ in NUMERIC_KEYS}
+    assert {"optim.weight_decay", "optim.lr", "model.bn_eps", "data.batch_size", "optim.epochs", "seed"} <= names
+    assert len(NUMERIC_KEYS) >= 25
+
+
+@pytest.mark.parametrize("section, key, kind, default", NUMERIC_KEYS,
+                         ids=[f"{s}.{k}" if k else s for s, k, _, _ in NUMERIC_KEYS])
+def test_every_numeric_key_takes_every_spelling_float_reads_in_yaml_and_in_set(section, key, kind, default,
+                                                                               tmp_path):
+    """YAML 1.1 reads 5e-4 and 1e3 as strings; a config takes them as the numbers they are."""
+    dotted = f"{section}.{key}" if key else section
+    for text in _spellings(kind, default):
+        assert float(text) == default, text  # each spelling is one Python reads as the default
+        from_set = load_config(CONFIGS / "base.yaml", [f"{dotted}={text}"])
+        yaml_text = f"{section}:\n  {key}: {text}\n" if key else f"{section}: {text}\n"
+        (tmp_path / "c.yaml").write_text(f"_base_: {CONFIGS / 'base.yaml'}\n" + yaml_text)
+        from_file = load_config(tmp_path / "c.yaml")
+        for cfg in (from_set, from_file):
+            got = getattr(getattr(cfg, section), key) if key else getattr(cfg, section)
+            assert got == default and type(got) is kind, (text, got)
+
+
+@pytest.mark.parametrize("section, key, kind, default", NUMERIC_KEYS,
+                         ids=[f"{s}.{k}" if k else s for s, k, _, _ in NUMERIC_KEYS])
+def test_every_numeric_key_refuses_inf_nan_and_words_and_int_keys_fractions(section, key, kind, default):
+    dotted = f"{section}.{key}" if key else section
+    bad = {"inf": "a finite number", "-Infinity": "a finite number", "nan": "a finite number", "5e-4x": "a number",
+           "five": "a number"}
+    if kind is int:
+        bad = {t: "an integer" for t in ("inf", "nan", "five", "2.5", "2.5e0", "1e-3")}
+    for text, needle in bad.items():
+        with pytest.raises(ConfigError) as e:
+            load_config(CONFIGS / "base.yaml", [f"{dotted}={text}"])
+        assert f"{dotted}: expected {needle}, got " in str(e.value) and text in str(e.value), str(e.value)
+
+
+def test_lists_of_numbers_and_margins_take_the_same_spellings():
+    cfg = load_config(CONFIGS / "base.yaml", ["optim.schedule=multistep", "optim.milestones=[8e0, 1.6e1, 1_8]",
+                                              "loss.margin=[1, 5e-1, 0e0]"])
+    assert cfg.optim.milestones == [8.0, 16.0, 18.0] and cfg.loss.margins == (1.0, 0.5, 0.0)
+
+
+def test_weight_decay_as_arcface_torch_writes_it():
+    cfg = load_config(CONFIGS / "ms1mv3_r50.yaml", ["optim.weight_decay=5e-4", "optim.lr=1e-1",
+                                                    "data.batch_size=1.28e2"])
+    assert (cfg.optim.weight_decay, cfg.optim.lr, cfg.data.batch_size) == (5e-4, 0.1, 128)

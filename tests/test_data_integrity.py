@@ -242,3 +242,29 @@ def test_a_batch_with_no_decodable_image_stops_with_a_dataset_error(tmp_path, wo
     with RecordLoader(ds, 4, num_workers=workers, max_corrupt_fraction=1.0) as ld:
         with pytest.raises(DatasetError, match=r"no image of a batch of 4 \(and 8 spares\) decodes"):
             next(iter(ld.epoch(0)))
+
+
+def test_every_check_reads_a_record_through_read_image(tmp_path, monkeypatch):
+    """decode (the loader), the header sample (at open), check_record (validate) and rec inspect:
+    one read → unpack → decode, written with plain mx.recordio here; they agree on each record."""
+    import mxnet as mx
+
+    from pfc_mx.data import checks
+    good, grey = cv_jpeg(face(0)), cv2.imencode(".jpg", cv2.cvtColor(face(1), cv2.COLOR_RGB2GRAY))[1].tobytes()
+    payloads = [good, good[:len(good) // 3], grey, cv_jpeg(face(2, (100, 90)))]
+    w = mx.recordio.MXIndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "w")
+    for k, data in enumerate(payloads):
+        w.write_idx(k, mx.recordio.pack(mx.recordio.IRHeader(0, float(k % 2), k, 0), data))
+    w.close()
+    ds = RecordDataset(tmp_path)
+    calls = []
+    real = checks.read_image
+    monkeypatch.setattr(checks, "read_image", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    assert [checks.check_record(ds, i, (112, 112))[0] for i in range(4)] == ["", "damaged", "wrong channels",
+                                                                           "wrong size"]
+    assert [checks.decode(ds, i)[1] != "" for i in range(4)] == [False, True, False, False]
+    assert checks._header_shape(ds, 3) == (100, 90, 3) and checks._header_shape(ds, 1) is None
+    assert calls == [0, 1, 2, 3, 0, 1, 2, 3, 3, 1]
+    img, fault, info = real(ds, 0)
+    assert fault == "" and img.shape == (112, 112, 3) and (info.height, info.width, info.channels) == (112, 112, 3)
+    assert real(ds, 2, decode=False)[0] is None and real(ds, 2, decode=False)[2].channels == 1

@@ -110,3 +110,16 @@ def test_margin_logits_and_their_gradient_match_numpy(threshold):
     np.testing.assert_allclose(x.grad.asnumpy(), expected, rtol=1e-9, atol=1e-12)
     if threshold > 0:  # filtering acted on some non-target entry
         assert (logits.asnumpy() == 0).sum() > 0
+
+
+def test_margin_rules_are_one_source_and_load_no_mxnet():
+    """The config checks margins with pfc_mx.margin_rules; the head uses the same functions."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pfc_mx import margin, margin_rules
+    assert margin.get_margin is margin_rules.get_margin and margin.PRESETS is margin_rules.PRESETS
+    code = "import sys, pfc_mx.margin_rules, pfc_mx.config; assert 'mxnet' not in sys.modules"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=120).returncode == 0

@@ -144,14 +144,23 @@ def test_report_regenerates_tables_from_json_and_needs_one(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["rate", "--jobs", "0"], "--jobs must be >= 1, got 0"),
-    (["rate", "--rates", "1.0,1.5"], "sample rates must be in (0, 1], got [1.0, 1.5]"),
-    (["cost", "--rates", "0"], "--classes must be positive and --rates in (0, 1]"),
+    (["rate", "--jobs", "0"], "argument --jobs: must be >= 1, got 0"),
+    (["rate", "--rates", "1.0,1.5"], "argument --rates: must be in (0, 1], got 1.5"),
+    (["rate", "--seeds", ","], "argument --seeds: expected comma-separated values, got ','"),
+    (["rate", "--seeds", "0,-1"], "argument --seeds: must be >= 0, got -1"),
+    (["rate", "--holdout", "1"], "argument --holdout: must be >= 2, got 1"),
+    (["noise", "--threshold", "1"], "argument --threshold: must be in [0, 1), got 1"),
+    (["noise", "--label-flip", "nan"], "argument --label-flip: must be in [0, 1], got nan"),
+    (["cost", "--rates", "0"], "argument --rates: must be in (0, 1], got 0"),
+    (["cost", "--classes", "10,x"], "argument --classes: expected an integer, got 'x'"),
+    (["cost", "--headroom", "-0.1"], "argument --headroom: must be in [0, 1), got -0.1"),
 ])
 def test_bad_options_give_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    """The shared argument types of pfc_mx.cli check every count, rate and fraction."""
     assert run_cli(study.main, argv + ["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"error: {message}" and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}") and "Traceback" not in err, err
 
 
 def test_training_without_summary_line_is_a_training_error():

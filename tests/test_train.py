@@ -140,3 +140,15 @@ def test_bad_config_missing_data_and_unwritable_output_give_one_line(data, tmp_p
     blocked.write_text("")
     r = run_single([cfg, "--set", f"data.rec={data}", f"output.dir={blocked / 'run'}"])
     assert r.returncode == 2 and "is not writable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_numbers_written_as_people_write_them_train(data, tmp_path):
+    """`--set optim.weight_decay=5e-4` (a string to YAML 1.1) trains, as arcface_torch's configs write it."""
+    out = tmp_path / "run"
+    args = overrides(data, out, "optim.weight_decay=5e-4", "optim.lr=1e-1", "optim.max_steps=2e0")
+    r = run_single([str(ROOT / "configs" / "demo.yaml"), *args])
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.split("summary: ", 1)[1])
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+    state = json.loads((checkpoint.resolve(out) / checkpoint.STATE).read_text())
+    assert state["config"]["optim"]["weight_decay"] == 5e-4 and state["config"]["optim"]["lr"] == 0.1

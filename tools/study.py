@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from pfc_mx.cli import run_cli
+from pfc_mx.cli import (ArgumentParser, comma_list, fraction, int_at_least, non_negative_int, number,
+                        positive_int, run_cli)
 from pfc_mx.cli.plan import parse_size
-from pfc_mx.errors import ConfigError, DatasetError
+from pfc_mx.errors import DatasetError
 from pfc_mx.capacity import GiB
 
 import study_cost  # the studies, beside this file in tools/
@@ -53,74 +54,53 @@ def write_report(record: Dict[str, Any], out: Path) -> str:
 
 
 # ---------------------------------------------------------------- command line
-def _csv(kind: type):
-    def parse(text: str) -> List[Any]:
-        try:
-            return [kind(float(v)) if kind is int else kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from None
-    return parse
+rate = number(float, 0.0, 1.0, low_open=True, what="in (0, 1]")     # a sample rate
+below_one = number(float, 0.0, 1.0, high_open=True, what="in [0, 1)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default=str(ROOT / "docs" / "study"), help="JSON, tables and plots go here")
     train = argparse.ArgumentParser(add_help=False)
     train.add_argument("--work", default=str(ROOT / "work_dirs" / "study"), help="datasets and runs go here")
     # default per study (DEFAULT_SEEDS): each fits in about 20 minutes on 2 cores
-    train.add_argument("--seeds", type=_csv(int), default=None, help="training seeds (data stays fixed); "
-                       "default 0,1,2 for rate, 0,1 for noise (2 datasets × 3 arms)")
-    train.add_argument("--jobs", type=int, default=2, help="trainings at a time; cores are split between them")
-    train.add_argument("--identities", type=int, default=1000, help="training classes")
-    train.add_argument("--images", type=int, default=8, help="images per training class")
-    train.add_argument("--holdout", type=int, default=300, help="held-out identities of the verification pairs")
-    train.add_argument("--pairs", type=int, default=1200, help="verification pairs")
-    train.add_argument("--data-seed", type=int, default=0)
-    train.add_argument("--batch", type=int, default=32)
-    train.add_argument("--steps", type=int, default=240)
-    train.add_argument("--warmup", type=float, default=0.1, help="warm-up epochs")
+    train.add_argument("--seeds", type=comma_list(non_negative_int), default=None, help="training seeds (data "
+                       "stays fixed); default 0,1,2 for rate, 0,1 for noise (2 datasets × 3 arms)")
+    train.add_argument("--jobs", type=positive_int, default=2, help="trainings at a time; cores are split between them")
+    train.add_argument("--identities", type=positive_int, default=1000, help="training classes")
+    train.add_argument("--images", type=positive_int, default=8, help="images per training class")
+    train.add_argument("--holdout", type=int_at_least(2), default=300, help="held-out identities of the verification pairs")
+    train.add_argument("--pairs", type=int_at_least(2), default=1200, help="verification pairs")
+    train.add_argument("--data-seed", type=non_negative_int, default=0)
+    train.add_argument("--batch", type=positive_int, default=32)
+    train.add_argument("--steps", type=positive_int, default=240)
+    train.add_argument("--warmup", type=number(float, 0.0, what=">= 0"), default=0.1, help="warm-up epochs")
     sub = p.add_subparsers(dest="study", required=True)
     a = sub.add_parser("rate", parents=[common, train], help="a. sample rates on clean data")
-    a.add_argument("--rates", type=_csv(float), default=[1.0, 0.3, 0.1])
+    a.add_argument("--rates", type=comma_list(rate), default=[1.0, 0.3, 0.1])
     b = sub.add_parser("noise", parents=[common, train], help="b. label flips and inter-class conflict")
-    b.add_argument("--label-flip", type=float, default=0.4)
-    b.add_argument("--conflict", type=float, default=0.3, help="fraction of classes that duplicate an identity")
-    b.add_argument("--noise-rate", type=float, default=0.1)
-    b.add_argument("--threshold", type=float, default=0.4, help="inter-class filtering threshold")
+    b.add_argument("--label-flip", type=fraction, default=0.4)
+    b.add_argument("--conflict", type=below_one, default=0.3, help="fraction of classes that duplicate an identity")
+    b.add_argument("--noise-rate", type=rate, default=0.1)
+    b.add_argument("--threshold", type=below_one, default=0.4, help="inter-class filtering threshold")
     c = sub.add_parser("cost", parents=[common], help="c. head time and memory against C")
-    c.add_argument("--classes", type=_csv(int), default=sorted(study_cost.ARCFACE_TORCH))
-    c.add_argument("--rates", type=_csv(float), default=[1.0, 0.1])
-    c.add_argument("--dim", type=int, default=512)
-    c.add_argument("--batch", type=int, default=256, help="N, embeddings per step")
-    c.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    c.add_argument("--classes", type=comma_list(positive_int), default=sorted(study_cost.ARCFACE_TORCH))
+    c.add_argument("--rates", type=comma_list(rate), default=[1.0, 0.1])
+    c.add_argument("--dim", type=positive_int, default=512)
+    c.add_argument("--batch", type=positive_int, default=256, help="N, embeddings per step")
+    c.add_argument("--steps", type=positive_int, default=2, help="timed steps after one warm-up step")
     c.add_argument("--memory-limit", type=parse_size, default=16 * GiB,
                    help="at most this much (or MemAvailable, if less) for one configuration, e.g. 16GiB")
-    c.add_argument("--headroom", type=float, default=0.1, help="fraction of the limit kept free")
+    c.add_argument("--headroom", type=below_one, default=0.1, help="fraction of the limit kept free")
     sub.add_parser("report", parents=[common], help="tables and plots from <out>/<study>.json")
     return p
 
 
-def check(args: argparse.Namespace) -> None:
-    """Raise ConfigError for option values no study can run with (fills in the study's default seeds)."""
-    if args.study in ("rate", "noise"):
-        if args.seeds is None:
-            args.seeds = list(DEFAULT_SEEDS[args.study])
-        for name in ("jobs", "identities", "images", "holdout", "pairs", "batch", "steps"):
-            if getattr(args, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
-        if not args.seeds:
-            raise ConfigError("--seeds needs at least one seed")
-        rates = args.rates if args.study == "rate" else [args.noise_rate]
-        if any(not 0 < r <= 1 for r in rates):
-            raise ConfigError(f"sample rates must be in (0, 1], got {rates}")
-    if args.study == "cost" and (not args.classes or min(args.classes) < 1 or any(not 0 < r <= 1 for r in args.rates)):
-        raise ConfigError("--classes must be positive and --rates in (0, 1]")
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
-    check(args)
+    if args.study in DEFAULT_SEEDS and args.seeds is None:
+        args.seeds = list(DEFAULT_SEEDS[args.study])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.study == "report":

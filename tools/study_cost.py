@@ -17,7 +17,7 @@ from pfc_mx.capacity import GiB, MiB, fits, sampled_centers
 from bench_pfc import head_budget_bytes, launch, merge  # beside this file in tools/, like study_common
 from study_common import Progress, markdown_table
 
-# insightface arcface_torch docs/speed_benchmark.md: r50, fp16, 8 × V100 32GB, 128 per GPU.
+# insightface's recognition/arcface_torch/docs/speed_benchmark.md: r50, fp16, 8 × V100 32GB, 128 per GPU.
 # C: (samples/s model parallel, samples/s Partial FC 0.1, MB per GPU model parallel, MB per GPU PFC 0.1)
 ARCFACE_TORCH = {125_000: (4824, 5004, 5306, 4868), 250_000: (4521, 4976, 5826, 5004),
                  500_000: (4013, 4900, 7114, 5202), 1_000_000: (3449, 4803, 9966, 5620),

@@ -8,7 +8,7 @@ Usage::
     p.comm                       # per GPU per step; items (name, bytes, formula)
     fits(p.total_bytes, 32 * GiB)  # leaves DEFAULT_HEADROOM free?
 
-Everything is derived from the shapes of shared/DESIGN.md §3 (W ranks, local batch
+Everything is derived from the shapes of docs/design.md, "One training step" (W ranks, local batch
 B, N = W·B, embedding D, C classes) and the backbone tables (tables.py), except two
 calibrated constants per framework (CALIBRATIONS): activation bytes per image
 and a framework overhead. "arcface_torch" (the default) was fitted to its

@@ -48,7 +48,7 @@ CALIBRATIONS: Dict[str, Calibration] = {
 }
 DEFAULT_CALIBRATION = "arcface_torch"
 
-# ---- counted buffers of the head (shared/DESIGN.md §3 steps 3-11) ------------------------------
+# ---- counted buffers of the head (docs/design.md, "One training step") ------------------------
 SAMPLED_CENTER_COPIES = 4    # (S, D) fp32: gathered W[idx], normalised, gradient, momentum rows
 LOGIT_BUFFERS = 2            # (N, S) fp32: logits, probabilities turned into their gradient
 EMBEDDING_COPIES = 3         # (N, D) fp32: gathered X, normalised X, gradient dX

@@ -13,7 +13,7 @@ import argparse
 import logging
 import math
 import sys
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from pfc_mx.errors import ConfigError, PfcError
 
@@ -50,6 +50,16 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 fraction = number(float, 0.0, 1.0, what="in [0, 1]")  # a share of something, 0 and 1 included
+
+
+def comma_list(item: Callable[[str], Any]) -> Callable[[str], List[Any]]:
+    """argparse type: comma-separated values, each parsed by the argparse type `item`; at least one."""
+    def parse(text: str) -> List[Any]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        return [item(v) for v in values]  # an item's ArgumentTypeError names the bad value
+    return parse
 
 
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:

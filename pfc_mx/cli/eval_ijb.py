@@ -3,7 +3,7 @@
     python tools/eval_ijb.py runs/demo data/IJBC --out runs/demo/ijb
     python tools/eval_ijb.py model.onnx data/IJBB --target IJBB --batch-size 256
 
-ROOT holds meta/ and loose_crop/ (shared/DESIGN.md §4). The model is our run/checkpoint, a legacy
+ROOT holds meta/ and loose_crop/ (docs/design.md, "IJB-B/C folders"). The model is our run/checkpoint, a legacy
 prefix,epoch or an ONNX file. Writes <target>_scores.npy, <target>_roc.png and <target>_tar.json
 into --out (default: ./ijb_<target>).
 """

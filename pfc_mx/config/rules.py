@@ -2,7 +2,7 @@
 
 RANGES maps (section, key) to (predicate, what it must be); the head's option values, the data's
 and the margin presets come from their owners (pfc_mx.head.options, pfc_mx.data.options,
-pfc_mx.margin), never restated here.
+pfc_mx.margin_rules), never restated here.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pfc_mx.config.schema import Config
 from pfc_mx.data.options import WRONG_SIZE_POLICIES
 from pfc_mx.errors import ConfigError
 from pfc_mx.head.options import RULES as HEAD_RULES, one_of
-from pfc_mx.margin import margin_problem
+from pfc_mx.margin_rules import margin_problem
 
 
 def _positive(v: Any) -> bool:
@@ -62,7 +62,7 @@ RANGES: Dict[Tuple[str, str], Tuple[Any, str]] = {
 
 def check_cross(cfg: Config, source: str) -> None:
     """Raise ConfigError for keys that are valid alone but not together (margin, schedule, warm-up)."""
-    problem = margin_problem(cfg.loss.margin)  # the presets and bounds live in pfc_mx.margin
+    problem = margin_problem(cfg.loss.margin)  # the presets and bounds live in pfc_mx.margin_rules
     if problem:
         raise ConfigError(f"{source}: loss.margin = {cfg.loss.margin!r}: {problem}")
     if cfg.optim.schedule == "multistep" and not cfg.optim.milestones:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple, Union
 
-from pfc_mx.margin import get_margin
+from pfc_mx.margin_rules import get_margin
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LossConfig:
 
     @property
     def margins(self) -> Tuple[float, float, float]:
-        """(m1, m2, m3) after resolving a preset name (pfc_mx.margin.get_margin)."""
+        """(m1, m2, m3) after resolving a preset name (pfc_mx.margin_rules.get_margin)."""
         return get_margin(self.margin)
 
 

@@ -17,6 +17,27 @@ def _suggest(key: str, valid: List[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
 
 
+def _number_text(value: Any, kind: type) -> Any:
+    """A number written as text, as Python's int() or float() reads it; any other value unchanged.
+
+    YAML 1.1 (PyYAML) reads 5e-4, 1e3 and 1.0e3 as strings (its floats need a dot and a signed
+    exponent): here they become numbers, for YAML files and `--set` alike. An int key takes
+    int() text ("1_000") exactly and float() text ("1e3") when it is a whole number; "inf" and
+    "nan" parse, and the callers refuse them as not finite or not whole.
+    """
+    if not isinstance(value, str):
+        return value
+    if kind is int:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check value against a type hint (int, float, bool, str, List[...], Union[...])."""
     origin = get_origin(hint)
@@ -37,16 +58,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        number = _number_text(value, int)
+        if isinstance(number, int) and not isinstance(number, bool):
+            return number
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
+        number = _number_text(value, float)
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if not math.isfinite(number):
                 raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-            return float(value)
+            return float(number)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

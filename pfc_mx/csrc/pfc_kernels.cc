@@ -5,7 +5,7 @@
 // times is what keeps the head close to the cost of its matrix products.
 // The math is the one pfc_mx/fc_math.py documents; pfc_mx/kernels.py builds
 // this file (g++ -O3 -fopenmp against the installed MXNet's lib_api) and
-// pfc_mx/partial_fc.py calls the operators on CPU contexts only.
+// pfc_mx/head/fused.py calls the operators on CPU contexts only.
 //
 //   pfc_gather_normalize(weight (C,D), index (S,) int64) -> rows (S,D), norm (S,)
 //       rows[j] = weight[index[j]] / norm[j], norm[j] = sqrt(sum_d w^2 + 1e-10)

@@ -2,6 +2,7 @@
 
 Usage::
 
+    img, fault, info = read_image(ds, i)         # image i read, unpacked and decoded (BGR), or why not
     img, fault, shape = decode(ds, i)            # what the loader trains on, and what is wrong with it
     check_sample(ds, 112, "resize")              # at open: a sample of headers against property / 112x112
     kind, detail = check_record(ds, i, (112, 112))   # rec.py validate: "damaged", "wrong size", ... or ""
@@ -18,7 +19,7 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
-from pfc_mx.data.integrity import decode_checked, image_info
+from pfc_mx.data.integrity import ImageInfo, decode_checked, image_info
 from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.data.record_format import unpack_header
 from pfc_mx.data.recordio import RecordDataset
@@ -29,6 +30,22 @@ log = logging.getLogger(__name__)
 SAMPLE = 64  # image headers read when a loader opens a dataset
 
 
+def read_image(dataset: RecordDataset, i: int, decode: bool = True) -> Tuple[Optional[np.ndarray], str, ImageInfo]:
+    """(image i as (H, W, 3) uint8 BGR or None, why it is damaged or "", what its headers say).
+
+    The one read → unpack → decode of a record that every check shares. decode=False stops
+    after the headers (no image, info from pfc_mx.data.integrity.image_info: no decode cost).
+    """
+    try:
+        _, _, data = unpack_header(dataset.read_raw(i))
+    except (DatasetError, ValueError) as e:
+        return None, str(e) or "unreadable record", ImageInfo("other", fault="unreadable record")
+    if not decode:
+        info = image_info(data)
+        return None, info.fault, info
+    return decode_checked(data)
+
+
 def decode(dataset: RecordDataset, i: int, size: int = IMAGE_SIZE,
            on_wrong_size: str = "resize") -> Tuple[Optional[np.ndarray], str, str]:
     """(image i as (size, size, 3) uint8 RGB or None, why it is damaged or "", its 'WxHxC' when that
@@ -37,11 +54,7 @@ def decode(dataset: RecordDataset, i: int, size: int = IMAGE_SIZE,
     A damaged record gives None. An image of another size or channel count is resized / converted
     (on_wrong_size "resize"), given as None ("skip"), or raises DatasetError ("error").
     """
-    try:
-        _, _, data = unpack_header(dataset.read_raw(i))
-    except (DatasetError, ValueError) as e:
-        return None, str(e) or "unreadable record", ""
-    img, fault, info = decode_checked(data)
+    img, fault, info = read_image(dataset, i)
     if img is None:
         return None, fault, ""
     channels = info.channels or 3  # 0: the header does not say (BMP, WebP): decoded as colour
@@ -64,12 +77,8 @@ def expected_size(dataset: RecordDataset) -> Tuple[int, int]:
 
 def _header_shape(dataset: RecordDataset, i: int) -> Optional[Tuple[int, int, int]]:
     """(height, width, channels) from image i's headers; None when they do not say (or are damaged)."""
-    try:
-        _, _, data = unpack_header(dataset.read_raw(i))
-    except (DatasetError, ValueError):
-        return None
-    info = image_info(data)
-    return (info.height, info.width, info.channels) if info.height and not info.fault else None
+    _, fault, info = read_image(dataset, i, decode=False)
+    return (info.height, info.width, info.channels) if info.height and not fault else None
 
 
 def check_sample(dataset: RecordDataset, size: int = IMAGE_SIZE, on_wrong_size: str = "resize",
@@ -107,11 +116,7 @@ def check_record(dataset: RecordDataset, i: int, size: Tuple[int, int]) -> Tuple
     kind: "damaged" (does not decode, truncated, decoder warnings), "wrong size" (not `size`
     (H, W)), "wrong channels" (not 3). Decodes the image fully.
     """
-    try:
-        _, _, data = unpack_header(dataset.read_raw(i))
-    except (DatasetError, ValueError) as e:
-        return "damaged", str(e) or "unreadable record"
-    img, fault, info = decode_checked(data)
+    img, fault, info = read_image(dataset, i)
     if img is None:
         return "damaged", fault
     h, w = img.shape[:2]

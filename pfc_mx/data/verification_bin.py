@@ -1,4 +1,4 @@
-"""insightface `.bin` verification sets: a pickle of (bins, issame_list) (DESIGN.md §4).
+"""insightface `.bin` verification sets: a pickle of (bins, issame_list) (docs/design.md, ".bin verification sets").
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Writers of face RecordIO datasets with MXNet's own mx.recordio (DESIGN.md §4).
+"""Writers of face RecordIO datasets with MXNet's own mx.recordio (docs/design.md, "RecordIO datasets").
 
 Usage::
 

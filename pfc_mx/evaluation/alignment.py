@@ -1,4 +1,4 @@
-"""5-point face alignment to the 112×112 ArcFace template (shared/DESIGN.md §4).
+"""5-point face alignment to the 112×112 ArcFace template (docs/design.md, "IJB-B/C folders").
 
     M = similarity_transform(landmarks, ARCFACE_TEMPLATE)     # (2, 3), landmarks (5, 2) x, y pixels
     face = align_face(image, landmarks)                       # (112, 112, C), same channel order as image

@@ -3,7 +3,7 @@
     result = evaluate_ijb(forward, "data/IJBC", out_dir="runs/ijb")   # forward: see model_loader
     result["tar"][1e-4]                                               # TAR at FAR 1e-4
 
-Layout of `root` (shared/DESIGN.md §4; IJB-B the same with `ijbb`)::
+Layout of `root` (docs/design.md, "IJB-B/C folders"; IJB-B the same with `ijbb`)::
 
     meta/ijbc_face_tid_mid.txt          image template_id media_id
     meta/ijbc_template_pair_label.txt   template_1 template_2 label(1 same / 0 different)

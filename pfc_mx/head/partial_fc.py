@@ -6,7 +6,7 @@
     loss, grad = pfc.forward_backward(emb.detach(), labels)   # global mean loss, dL/d emb (B, D)
     emb.backward(grad); trainer.step(1); pfc.step(lr, momentum=0.9, wd=5e-4)
 
-One step (shared/DESIGN.md §3, steps 3–11): embeddings and labels are gathered
+One step (docs/design.md, "One training step"): embeddings and labels are gathered
 from every rank (N = W·B rows, every rank holds the same B); rank r owns classes
 [class_start, class_start + num_local); a step uses every positive class of the
 shard plus uniform negatives (sample_rate < 1), drawn per rank and per step from

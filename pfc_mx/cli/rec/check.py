@@ -4,11 +4,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import List, Optional, Tuple
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pfc_mx.data.checks import check_record, expected_size
+from pfc_mx.data.checks import check_record, expected_size, read_image
 from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.errors import DatasetError
@@ -38,9 +37,8 @@ def cmd_inspect(args) -> int:
     sample = rng.choice(ds.num_images, min(args.sample, ds.num_images), replace=False)
     sizes: Counter = Counter()
     for i in sample:
-        img, _ = ds.read(int(i))
-        im = cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_UNCHANGED)
-        sizes["corrupt" if im is None else f"{im.shape[1]}x{im.shape[0]}x{im.shape[2] if im.ndim == 3 else 1}"] += 1
+        img, _, info = read_image(ds, int(i))
+        sizes["damaged" if img is None else f"{img.shape[1]}x{img.shape[0]}x{info.channels or 3}"] += 1
     print(f"image sizes (sample of {len(sample)}, WxHxC)  " + "  ".join(f"{k}: {v}" for k, v in sizes.most_common()))
     return 0
 
