@@ -1,4 +1,4 @@
-"""Random access to an MXNet RecordIO face dataset, insightface layout or flat (DESIGN.md §4).
+"""Random access to an MXNet RecordIO face dataset, insightface layout or flat (docs/design.md, "RecordIO datasets").
 
 Usage::
 
