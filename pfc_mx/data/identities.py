@@ -4,8 +4,9 @@ Usage::
 
     a, b = resolve_bounds(buf, keys, offsets, a, b, where)     # exact, also past 2**24 images
     ranges = read_ranges(buf, offsets, a, b, where)            # (b - a, 2) float32 as stored
-    labels, resolved = labels_from_ranges(ranges, a, where)    # (a - 1,) int32; image i is record i + 1
-    check_sample(buf, image_offsets, labels, a, where)         # a sample of image headers agrees
+    tiling = tile(ranges, a, where)                            # classes of any images; image i is record i + 1
+    check_sample(buf, image_offsets, tiling, a, where)         # a sample of image headers agrees
+    labels = tiling.labels()                                   # (a - 1,) int32; tiling.windows: from headers
 
 Identity record a + k holds the image range [start, end) of class k; together the ranges
 tile images 1 … a − 1. They are float32 (mx.recordio.pack stores array labels so), which is
@@ -70,13 +71,33 @@ def read_ranges(buf: np.ndarray, offsets_of: np.ndarray, a: int, b: int, where: 
     return scan_pairs(buf, offsets_of, where, np.arange(a, b, dtype=np.int64))
 
 
-def labels_from_ranges(ranges: np.ndarray, a: int, where: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(labels (a − 1,) int32 of images 1 … a − 1, windows: image indices whose class the ranges leave
-    open — bounds past 2**24 — to be read from the images' own headers).
+class Tiling:
+    """How identity ranges tile images 1 … a − 1: `order` (class of each range, in image order) and
+    `bounds` (each of those ranges' end, exact below 2**24); classes of any images without
+    building the whole labels array."""
 
-    The ranges, in any order, must tile [1, a) (empty ones anywhere); DatasetError naming the first
-    identity record (in file order of the ranges) that does not.
-    """
+    def __init__(self, order: np.ndarray, bounds: np.ndarray, windows: np.ndarray):
+        self.order, self.bounds = order, bounds
+        self.windows = windows  # image indices whose class the ranges leave open (bounds past 2**24)
+
+    def classes(self, images: np.ndarray) -> np.ndarray:
+        """(len(images),) int32 classes of image indices (image i is record i + 1)."""
+        return self.order[np.searchsorted(self.bounds, images + 1, side="right")].astype(np.int32)
+
+    def labels(self) -> np.ndarray:
+        """(a − 1,) int32 classes of every image."""
+        return np.repeat(self.order.astype(np.int32), np.diff(np.append(1, self.bounds)))
+
+    def edges(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(first, last) image index of every non-empty range."""
+        starts = np.append(1, self.bounds[:-1])
+        full = self.bounds > starts
+        return starts[full] - 1, self.bounds[full] - 2
+
+
+def tile(ranges: np.ndarray, a: int, where: str) -> Tiling:
+    """The Tiling of (n, 2) float32 ranges [start, end), in any order (empty ones anywhere), over images
+    1 … a − 1; DatasetError naming the first identity record (in file order) that does not fit."""
     start, end = ranges[:, 0], ranges[:, 1]
     backwards = np.flatnonzero(end < start)
     if backwards.size:
@@ -93,15 +114,21 @@ def labels_from_ranges(ranges: np.ndarray, a: int, where: str) -> Tuple[np.ndarr
                            f"a gap or an overlap in the images 1..{a - 1} the ranges must cover: damaged or "
                            "inconsistent identity records")
     bounds = np.append(e[:-1].astype(np.int64), a)  # exact below 2**24 and at a
-    labels = np.repeat(order.astype(np.int32), np.diff(np.append(1, bounds)))
     inner = e[:-1].astype(np.float64)
     loose = inner[inner >= EXACT]
-    if loose.size == 0:
-        return labels, np.zeros(0, np.int64)
-    h = _step(float(loose.max()))
-    keys = (loose.astype(np.int64)[:, None] + np.arange(-h, h + 1)).ravel()
-    keys = np.unique(keys[(keys >= 1) & (keys < a)])
-    return labels, keys - 1
+    windows = np.zeros(0, np.int64)
+    if loose.size:
+        h = _step(float(loose.max()))
+        keys = (loose.astype(np.int64)[:, None] + np.arange(-h, h + 1)).ravel()
+        windows = np.unique(keys[(keys >= 1) & (keys < a)]) - 1
+    return Tiling(order, bounds, windows)
+
+
+def labels_from_ranges(ranges: np.ndarray, a: int, where: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(labels (a − 1,) int32 of images 1 … a − 1, windows: image indices whose class the ranges leave
+    open — bounds past 2**24 — to be read from the images' own headers)."""
+    t = tile(ranges, a, where)
+    return t.labels(), t.windows
 
 
 def exact_ranges(ranges: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -121,22 +148,22 @@ def headers_at(buf: np.ndarray, image_offsets: np.ndarray, images: np.ndarray, w
     return out
 
 
-def check_sample(buf: np.ndarray, image_offsets: np.ndarray, labels: np.ndarray, a: int, where: str,
+def check_sample(buf: np.ndarray, image_offsets: np.ndarray, tiling: Tiling, a: int, where: str,
                  seed: int = 0) -> None:
     """DatasetError when a sample of image headers (random images, and the first and last image of
     random identities) disagrees with the classes the identity records give them."""
     rng = np.random.default_rng(seed)
-    n = labels.size
-    starts = np.flatnonzero(np.append(True, labels[1:] != labels[:-1]))
-    ends = np.append(starts[1:], n) - 1
-    pick = rng.choice(starts.size, min(SAMPLE_IDENTITIES, starts.size), replace=False)
-    images = np.unique(np.concatenate((rng.choice(n, min(SAMPLE_IMAGES, n), replace=False),
-                                       starts[pick], ends[pick])))
+    n = a - 1
+    first, last = tiling.edges()
+    pick = rng.choice(first.size, min(SAMPLE_IDENTITIES, first.size), replace=False)
+    images = np.unique(np.concatenate((rng.choice(n, min(SAMPLE_IMAGES, n), replace=False), first[pick], last[pick])))
+    images = images[~np.isin(images, tiling.windows)]  # those take their class from their header anyway
     found = headers_at(buf, image_offsets, images, where)
-    wrong = np.flatnonzero(found != labels[images])
+    given = tiling.classes(images)
+    wrong = np.flatnonzero(found != given)
     if wrong.size:
-        i = int(images[wrong[0]])
+        i, k = int(images[wrong[0]]), int(given[wrong[0]])
         raise DatasetError(f"{where}: image record {i + 1} has class {found[wrong[0]]:g} in its header, but identity "
-                           f"record {a + int(labels[i])} puts it in class {labels[i]}: the identity records disagree "
-                           f"with the images ({wrong.size} of {images.size} sampled); `python tools/rec.py validate` "
-                           "lists every disagreement")
+                           f"record {a + k} puts it in class {k}: the identity records disagree with the images "
+                           f"({wrong.size} of {images.size} sampled); `python tools/rec.py validate` lists every "
+                           "disagreement")

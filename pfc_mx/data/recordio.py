@@ -89,7 +89,8 @@ class RecordDataset:
         del keys, offsets  # the index's key column is not kept in the insightface layout
         if self.keys.size == 0:
             raise DatasetError(f"{self.path}: empty dataset (the header lists no image records)")
-        labels = self._labels(buf, labels_from)
+        del buf
+        labels = self._labels(labels_from)
         self.num_classes = int(prop_classes if prop_classes is not None else labels.max() + 1)
         self.bad_labels = np.flatnonzero(labels >= self.num_classes)
         if self.bad_labels.size and strict_labels:
@@ -97,8 +98,10 @@ class RecordDataset:
             raise DatasetError(f"{self.path}: record {self.keys[k]} has label {labels[k]} >= num_classes "
                                f"{self.num_classes} (from {self.property_path.name if prop_classes else 'labels'})")
         self.labels = labels.astype(np.int32, copy=False)
-        good = self.labels[self.labels < self.num_classes] if self.bad_labels.size else self.labels
-        self.class_counts = np.bincount(good, minlength=self.num_classes)
+        self.class_counts = np.zeros(self.num_classes, np.int64)
+        for lo in range(0, self.labels.size, 1 << 18):  # bincount copies its input to int64: a block at a time
+            part = self.labels[lo:lo + (1 << 18)]
+            self.class_counts += np.bincount(part[part < self.num_classes], minlength=self.num_classes)
         self.empty_classes = int((self.class_counts == 0).sum())
         if self.empty_classes and prop_classes is None:
             log.warning("%s: no %s file, so num_classes = largest label + 1 = %d, and %d of those classes have no "
@@ -163,13 +166,17 @@ class RecordDataset:
         self._identity_offsets = offsets[pos[a - 1:]]
         return KeyRange(1, a), offsets[pos[:a - 1]]
 
-    def _labels(self, buf: np.ndarray, labels_from: str) -> np.ndarray:
+    def _labels(self, labels_from: str) -> np.ndarray:
         """Class ids (int32 or int64, >= 0) of every image; sets label_source."""
         a, b = self.identity_range
+        buf = self._map()
         if labels_from == "auto" and self.layout == "insightface" and b > a:
             self.label_source = "identity records"
-            labels = self._identity_labels(buf)
-            identities.check_sample(buf, self.offsets, labels, a, str(self.path))
+            tiling, exact = self._tiling(buf)
+            identities.check_sample(buf, self.offsets, tiling, a, str(self.path))
+            del buf  # unmapped before the labels grow: the pages read stay out of the peak
+            labels = tiling.labels()
+            labels[tiling.windows] = exact
             return labels
         raw, key = None, None
         if labels_from == "auto":
@@ -178,6 +185,7 @@ class RecordDataset:
         self.label_source = "header scan" if raw is None else "labels cache"
         if raw is None:
             raw = self._scan_labels(buf)
+            del buf
             if key is not None:
                 saved = label_cache.store(key, raw)
                 if saved:
@@ -188,20 +196,23 @@ class RecordDataset:
             raise DatasetError(f"{self.path}: record {self.keys[k]} has label {float(raw[k])}, not a class id >= 0")
         return raw.astype(np.int64)
 
-    def _identity_labels(self, buf: np.ndarray) -> np.ndarray:
-        """(num_images,) int32 classes the identity records give (bounds float32 rounded: from headers)."""
+    def _tiling(self, buf: np.ndarray) -> Tuple[identities.Tiling, np.ndarray]:
+        """The identity records' tiling, and the header classes of its windows (bounds float32 rounded)."""
         a, b = self.identity_range
         ranges = identities.read_ranges(buf, self._identity_offsets, a, b, str(self.path))
-        labels, windows = identities.labels_from_ranges(ranges, a, str(self.path))
-        if windows.size:
-            labels[windows] = identities.headers_at(buf, self.offsets, windows, str(self.path))
-        return labels
+        tiling = identities.tile(ranges, a, str(self.path))
+        return tiling, identities.headers_at(buf, self.offsets, tiling.windows, str(self.path))
 
     def identity_labels(self) -> Optional[np.ndarray]:
         """The classes the identity records give every image (int32), None without identity records;
         DatasetError when they are damaged or do not tile the images. No check against the headers."""
         a, b = self.identity_range
-        return self._identity_labels(self._map()) if self.layout == "insightface" and b > a else None
+        if self.layout != "insightface" or b == a:
+            return None
+        tiling, exact = self._tiling(self._map())
+        labels = tiling.labels()
+        labels[tiling.windows] = exact
+        return labels
 
     def _scan_labels(self, buf: np.ndarray) -> np.ndarray:
         """(num_images,) float32 header labels of every image, read in file order."""
