@@ -114,13 +114,30 @@ def tile(ranges: np.ndarray, a: int, where: str) -> Tiling:
                            f"a gap or an overlap in the images 1..{a - 1} the ranges must cover: damaged or "
                            "inconsistent identity records")
     bounds = np.append(e[:-1].astype(np.int64), a)  # exact below 2**24 and at a
-    inner = e[:-1].astype(np.float64)
-    loose = inner[inner >= EXACT]
-    windows = np.zeros(0, np.int64)
-    if loose.size:
-        h = _step(float(loose.max()))
-        keys = (loose.astype(np.int64)[:, None] + np.arange(-h, h + 1)).ravel()
-        windows = np.unique(keys[(keys >= 1) & (keys < a)]) - 1
+    return Tiling(order, bounds, uncertain(e[:-1], a))
+
+
+def uncertain(inner: np.ndarray, a: int, block: int = 1 << 20) -> np.ndarray:
+    """Image indices whose class float32 range bounds leave open: for a stored bound v past 2**24, the
+    images between the smallest and the largest integer that rounds to v (ties to even: about half
+    of the bounds are exact). Sorted, unique."""
+    loose = inner[inner >= EXACT].astype(np.int64)
+    if loose.size == 0:
+        return np.zeros(0, np.int64)
+    h = _step(float(loose.max())) // 2
+    found = []
+    for lo in range(0, loose.size, block):
+        v = loose[lo:lo + block]
+        cand = v[:, None] + np.arange(-h, h + 1)
+        rounds = cand.astype(np.float32).astype(np.int64) == v[:, None]
+        first = np.where(rounds, cand, np.iinfo(np.int64).max).min(1)
+        last = np.where(rounds, cand, np.iinfo(np.int64).min).max(1)
+        width = last - first  # keys first … last − 1 may lie on either side of the true bound
+        keys = (first[:, None] + np.arange(2 * h)).ravel()[(np.arange(2 * h) < width[:, None]).ravel()]
+        found.append(keys[(keys >= 1) & (keys < a)] - 1)
+    return np.unique(np.concatenate(found))
+
+
     return Tiling(order, bounds, windows)
 
 

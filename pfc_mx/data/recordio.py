@@ -169,14 +169,20 @@ class RecordDataset:
     def _labels(self, labels_from: str) -> np.ndarray:
         """Class ids (int32 or int64, >= 0) of every image; sets label_source."""
         a, b = self.identity_range
-        buf = self._map()
         if labels_from == "auto" and self.layout == "insightface" and b > a:
             self.label_source = "identity records"
-            tiling, exact = self._tiling(buf)
-            identities.check_sample(buf, self.offsets, tiling, a, str(self.path))
-            del buf  # unmapped before the labels grow: the pages read stay out of the peak
-            labels = tiling.labels()
-            labels[tiling.windows] = exact
+            tiling = self._tiling()
+            key = None
+            if tiling.windows.size:  # past 2**24 images: headers decide around rounded bounds; keep the result
+                key = label_cache.cache_key(self.path, self.idx_path)
+                cached = label_cache.load(key, self.num_images)
+                if cached is not None:
+                    self.label_source = "labels cache"
+                    return cached.astype(np.int32)
+            identities.check_sample(self._map(), self.offsets, tiling, a, str(self.path))  # map dropped after
+            labels = self._expand(tiling)
+            if key is not None:
+                label_cache.store(key, labels)
             return labels
         raw, key = None, None
         if labels_from == "auto":
@@ -184,8 +190,7 @@ class RecordDataset:
             raw = label_cache.load(key, self.num_images)
         self.label_source = "header scan" if raw is None else "labels cache"
         if raw is None:
-            raw = self._scan_labels(buf)
-            del buf
+            raw = self._scan_labels(self._map())
             if key is not None:
                 saved = label_cache.store(key, raw)
                 if saved:
@@ -196,12 +201,13 @@ class RecordDataset:
             raise DatasetError(f"{self.path}: record {self.keys[k]} has label {float(raw[k])}, not a class id >= 0")
         return raw.astype(np.int64)
 
-    def _tiling(self, buf: np.ndarray) -> Tuple[identities.Tiling, np.ndarray]:
-        """The identity records' tiling, and the header classes of its windows (bounds float32 rounded)."""
-        a, b = self.identity_range
-        ranges = identities.read_ranges(buf, self._identity_offsets, a, b, str(self.path))
-        tiling = identities.tile(ranges, a, str(self.path))
-        return tiling, identities.headers_at(buf, self.offsets, tiling.windows, str(self.path))
+    def _window_headers(self, windows: np.ndarray, block: int = 1 << 15) -> np.ndarray:
+        """Header classes of image indices `windows`, a fresh memory map per block (RSS stays bounded)."""
+        out = np.empty(windows.size, np.float64)
+        for lo in range(0, windows.size, block):
+            out[lo:lo + block] = identities.headers_at(self._map(), self.offsets, windows[lo:lo + block],
+                                                       str(self.path))
+        return out
 
     def identity_labels(self) -> Optional[np.ndarray]:
         """The classes the identity records give every image (int32), None without identity records;
@@ -209,9 +215,17 @@ class RecordDataset:
         a, b = self.identity_range
         if self.layout != "insightface" or b == a:
             return None
-        tiling, exact = self._tiling(self._map())
+        return self._expand(self._tiling())
+
+    def _tiling(self) -> identities.Tiling:
+        a, b = self.identity_range
+        ranges = identities.read_ranges(self._map(), self._identity_offsets, a, b, str(self.path))
+        return identities.tile(ranges, a, str(self.path))
+
+    def _expand(self, tiling: identities.Tiling) -> np.ndarray:
+        """(num_images,) int32 labels of the tiling, its windows from the images' headers."""
         labels = tiling.labels()
-        labels[tiling.windows] = exact
+        labels[tiling.windows] = self._window_headers(tiling.windows)
         return labels
 
     def _scan_labels(self, buf: np.ndarray) -> np.ndarray:
