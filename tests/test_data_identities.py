@@ -2,6 +2,7 @@
 damaged; the flat layout's labels cache; rec validate's comparison of every header."""
 from __future__ import annotations
 
+import mmap
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from pfc_mx.data import identities, label_cache
 from pfc_mx.data.page_cache import evict, resident_bytes
+from pfc_mx.data.record_format import read_index
 from pfc_mx.data.recordio import RecordDataset
 from pfc_mx.data.shaped import index_text, write_shaped
 from pfc_mx.data.writer import FlatWriter, InsightfaceWriter
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PFC_MX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PFC_MX_DATA_CACHE", str(tmp_path / "cache"))
 
 
 def png(seed: int) -> bytes:
@@ -164,7 +166,6 @@ def test_record_0_bounds_past_2_pow_24_are_found_where_images_turn_to_identities
         elif k < b:
             w.write_idx(k, mx.recordio.pack(mx.recordio.IRHeader(0, [1.0, 2.0], k, 0), b""))
     w.close()
-    from pfc_mx.data.record_format import read_index
     keys, offsets = read_index(tmp_path / "t.idx")
     buf = np.fromfile(tmp_path / "t.rec", np.uint8)
     fa, fb = float(np.float32(a)), float(np.float32(b))
@@ -193,7 +194,7 @@ def test_flat_labels_are_cached_outside_the_data_and_invalidated_by_a_change(tmp
             w.add(png(k), k % 4)
     before = sorted(p.name for p in data.iterdir())
     first = RecordDataset(data)
-    assert first.label_source == "header scan" and len(list(label_cache.cache_dir().glob("*.npy"))) == 1
+    assert first.label_source == "header scan" and len(list(label_cache.cache_dir().glob("[0-9a-f]*.npy"))) == 1
     second = RecordDataset(data)
     assert second.label_source == "labels cache" and second.labels.tolist() == first.labels.tolist()
     assert sorted(p.name for p in data.iterdir()) == before  # nothing written beside the user's data
@@ -206,7 +207,7 @@ def test_flat_labels_are_cached_outside_the_data_and_invalidated_by_a_change(tmp
 
 @pytest.mark.parametrize("keys", [list(range(0, 50)), list(range(5, 40)) + [3, 90, 41, 3]])
 def test_read_index_equals_mxnets_own_reading_in_small_blocks(tmp_path, keys):
-    from pfc_mx.data.record_format import KeyRange, read_index
+    from pfc_mx.data.record_format import KeyRange
     w = mx.recordio.MXIndexedRecordIO(str(tmp_path / "t.idx"), str(tmp_path / "t.rec"), "w")
     for k in keys:
         w.write_idx(k, mx.recordio.pack(mx.recordio.IRHeader(0, float(k), k, 0), png(k)))
@@ -215,3 +216,20 @@ def test_read_index_equals_mxnets_own_reading_in_small_blocks(tmp_path, keys):
     got_keys, got_offsets = read_index(tmp_path / "t.idx", block=37)  # blocks cut lines anywhere
     assert isinstance(got_keys, KeyRange) == (keys == list(range(50)))
     assert np.asarray(got_keys).tolist() == sorted(r.idx) and got_offsets.tolist() == [r.idx[k] for k in sorted(r.idx)]
+
+
+def test_the_parsed_index_is_kept_shared_and_parsed_again_when_the_index_changes(tmp_path, monkeypatch):
+    from pfc_mx.data import recordio
+    plain_mx_insightface(tmp_path / "d", [3, 2, 4])
+    first = RecordDataset(tmp_path / "d")
+    parsed = []
+    monkeypatch.setattr(recordio, "read_index", lambda *a, **k: parsed.append(1) or read_index(*a, **k))
+    second = RecordDataset(tmp_path / "d")
+    base = second.offsets
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    assert parsed == [] and isinstance(base, mmap.mmap)  # from the cache, mapped: one copy per host
+    assert second.offsets.tolist() == first.offsets.tolist() and second.labels.tolist() == first.labels.tolist()
+    plain_mx_insightface(tmp_path / "d", [2, 2, 5])  # rewritten: another index
+    third = RecordDataset(tmp_path / "d")
+    assert parsed == [1] and third.labels.tolist() == [0, 0, 1, 1, 2, 2, 2, 2, 2]

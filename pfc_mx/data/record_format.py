@@ -79,36 +79,32 @@ def positions(keys: Keys, wanted: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return pos, (pos < keys.size) & (keys[np.minimum(pos, keys.size - 1)] == wanted)
 
 
-def read_index(idx_path: Path, block: int = _INDEX_BLOCK) -> Tuple[Keys, np.ndarray]:
+def read_index(idx_path: Path, block: int = _INDEX_BLOCK, digest=None) -> Tuple[Keys, np.ndarray]:
     """Parse an MXNet .idx file ("key<TAB>offset" lines) into (keys, offsets int64), sorted by key.
 
-    A key listed twice keeps its last offset, as mx.recordio.MXIndexedRecordIO does. Reads
-    the file twice in blocks of `block` bytes (count the lines, then parse), so memory beyond
-    the offsets (8 bytes a line) stays near a few blocks while the keys run consecutively (as
-    writers make them: keys is then a KeyRange); other keys are stored and sorted.
+    A key listed twice keeps its last offset, as mx.recordio.MXIndexedRecordIO does. One pass in
+    blocks of `block` bytes (fed to `digest`, a hashlib object, when given): memory beyond the
+    offsets (8 bytes a line) stays near a few blocks while the keys run consecutively (as writers
+    make them: keys is then a KeyRange); other keys are stored and sorted. The arrays are sized
+    for the shortest possible lines; pages never written are never resident.
     """
-    lines = 0
-    last = b"\n"
-    with open(idx_path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    lines += last != b"\n"
-    offsets = np.empty(lines, np.int64)
+    offsets = np.empty(idx_path.stat().st_size // 4 + 1, np.int64)  # "0<TAB>0<NEWLINE>": 4 bytes a line
     keys: Optional[np.ndarray] = None  # stored once they stop running consecutively
     first = filled = 0
     with open(idx_path, "rb") as f:
         tail = b""
         for chunk in iter(lambda: f.read(block), b""):
+            if digest is not None:
+                digest.update(chunk)
             text = tail + chunk
             cut = text.rfind(b"\n") + 1
             text, tail = text[:cut], text[cut:]
             keys, first, filled = _parse_lines(text, keys, offsets, first, filled, idx_path)
         keys, first, filled = _parse_lines(tail, keys, offsets, first, filled, idx_path)
-    if filled != lines:
-        raise DatasetError(f"{idx_path}: malformed index (expected 'key<TAB>offset' lines)")
+    offsets = offsets[:filled]
     if keys is None:
-        return KeyRange(first, first + lines), offsets
+        return KeyRange(first, first + filled), offsets
+    keys = keys[:filled]
     if (keys[1:] > keys[:-1]).all():
         return keys, offsets
     order = np.argsort(keys, kind="stable")
@@ -126,14 +122,14 @@ def _parse_lines(text: bytes, keys: Optional[np.ndarray], offsets: np.ndarray, f
         warnings.simplefilter("ignore")
         values = np.fromstring(text, dtype=np.int64, sep=" ")
     n = text.count(b"\n") + (not text.endswith(b"\n"))
-    if values.size != 2 * n or filled + n > offsets.size:
+    if values.size != 2 * n:
         raise DatasetError(f"{idx_path}: malformed index (expected 'key<TAB>offset' lines)")
     got = values[0::2]
     offsets[filled:filled + n] = values[1::2]
     if keys is None:
         if filled == 0:
             first = int(got[0])
-        if got[0] == first + filled and (np.diff(got) == 1).all():
+        if got[0] == first + filled and got[-1] == first + filled + n - 1 and (got[1:] > got[:-1]).all():
             return None, first, filled + n
         keys = np.empty(offsets.size, np.int64)
         keys[:filled] = np.arange(first, first + filled)

@@ -69,7 +69,15 @@ class RecordDataset:
         self.file_size = self.path.stat().st_size
         if self.file_size == 0:
             raise DatasetError(f"{self.path}: empty dataset (0 bytes)")
-        keys, offsets = read_index(self.idx_path)
+        kept = label_cache.load_index(self.idx_path)
+        if kept is None:
+            digest = label_cache.index_digest()
+            keys, offsets = read_index(self.idx_path, digest=digest)
+            self._index_digest = digest.hexdigest()
+            if keys.size:
+                label_cache.store_index(self.idx_path, keys, offsets, self._index_digest)
+        else:
+            keys, offsets, self._index_digest = kept
         if keys.size == 0:
             raise DatasetError(f"{self.idx_path}: empty dataset (no records in the index)")
         self._fd: Optional[int] = None
@@ -171,14 +179,14 @@ class RecordDataset:
         a, b = self.identity_range
         if labels_from == "auto" and self.layout == "insightface" and b > a:
             self.label_source = "identity records"
-            tiling = self._tiling()
             key = None
-            if tiling.windows.size:  # past 2**24 images: headers decide around rounded bounds; keep the result
-                key = label_cache.cache_key(self.path, self.idx_path)
+            if a > identities.EXACT:  # bounds may be rounded: headers decide around them; the result is kept
+                key = label_cache.cache_key(self.path, self._index_digest)
                 cached = label_cache.load(key, self.num_images)
                 if cached is not None:
                     self.label_source = "labels cache"
                     return cached.astype(np.int32)
+            tiling = self._tiling()
             identities.check_sample(self._map(), self.offsets, tiling, a, str(self.path))  # map dropped after
             labels = self._expand(tiling)
             if key is not None:
@@ -186,7 +194,7 @@ class RecordDataset:
             return labels
         raw, key = None, None
         if labels_from == "auto":
-            key = label_cache.cache_key(self.path, self.idx_path)
+            key = label_cache.cache_key(self.path, self._index_digest)
             raw = label_cache.load(key, self.num_images)
         self.label_source = "header scan" if raw is None else "labels cache"
         if raw is None:
