@@ -189,3 +189,17 @@ def test_save_verify_and_load_each_log_size_time_and_rate(tmp_path, caplog):
     assert re.search(r"checkpoint step-00000002: verified the sha256 of 5 files, " + rate, text)
     assert re.search(r"checkpoint step-00000002: loaded the centers of classes \[0, 1000\): " + rate, text)
 
+
+
+def test_measure_saves_and_loads_a_shard_with_rss_growth_far_below_the_arrays(tmp_path):
+    from pfc_mx.checkpoint import measure
+    classes, dim = 300000, 128   # weight + momentum: 293 MiB; a host copy of them would grow RSS by as much
+    saved, = measure.measure("save", tmp_path, classes, dim)
+    loaded, = measure.measure("load", tmp_path, classes, dim)
+    assert saved["rows"] == loaded["rows"] == classes and saved["array_bytes"] == 2 * classes * dim * 4
+    assert loaded["check_seconds"] > 0 and loaded["load_seconds"] > 0
+    for record in (saved, loaded):
+        if record["rss_growth"] is not None:
+            assert record["rss_growth"] < record["array_bytes"] / 3, record
+    w = np.load(tmp_path / "step-00000001" / checkpoint.center_file(0, classes, "weight"), mmap_mode="r")
+    assert w.shape == (classes, dim) and 0.005 < float(np.std(w[:1000])) < 0.02   # the random centers, N(0, 0.01)
