@@ -203,3 +203,13 @@ def test_measure_saves_and_loads_a_shard_with_rss_growth_far_below_the_arrays(tm
             assert record["rss_growth"] < record["array_bytes"] / 3, record
     w = np.load(tmp_path / "step-00000001" / checkpoint.center_file(0, classes, "weight"), mmap_mode="r")
     assert w.shape == (classes, dim) and 0.005 < float(np.std(w[:1000])) < 0.02   # the random centers, N(0, 0.01)
+
+
+def test_a_missing_center_file_is_a_checkpoint_error_naming_it(tmp_path):
+    folder, _, _ = two_rank_folder(tmp_path, n=100, d=4, split=60)
+    (folder / checkpoint.center_file(60, 100, "momentum")).unlink()
+    with pytest.raises(CheckpointError, match=r"centers-000000060-000000100.momentum.npy: unreadable \(No such file"):
+        checkpoint.load_centers(folder, 0, 100, 4)
+    short = np.zeros((20, 4), np.float32)
+    with pytest.raises(CheckpointError, match=r"holds 40 rows, rows up to 50 are needed"):
+        blocks.read_rows(folder / checkpoint.center_file(60, 100, "weight"), 30, 20, 4, short, 0)

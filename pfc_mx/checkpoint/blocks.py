@@ -109,27 +109,36 @@ def read_rows(path: Path, first: int, count: int, dim: int, dest: Any, at: int,
     block_bytes). Only those rows' bytes are read. rows: the row count the file must hold (None: any).
     Returns the bytes read. CheckpointError when the file is not such an array or ends early.
     """
-    with open(path, "rb", buffering=0) as f:
-        shape, offset = read_header(f, path)
-        if len(shape) != 2 or shape[1] != dim:
-            got = shape[1] if len(shape) == 2 else f"shape {shape}"
-            raise CheckpointError(f"{path}: centers have dimension {got}, the model has {dim}")
-        need = rows if rows is not None else first + count
-        if (rows is not None and shape[0] != rows) or first + count > shape[0]:
-            raise CheckpointError(f"{path}: holds {shape[0]} rows, expected {need}")
-        direct = isinstance(dest, np.ndarray)
-        if direct and (dest.dtype != DTYPE or not dest.flags.c_contiguous):
-            raise ValueError("a NumPy destination must be C-ordered float32")
-        step = rows_per_block(dim, block_bytes)
-        scratch = None if direct else np.empty((min(step, count), dim), DTYPE)
-        f.seek(offset + first * dim * DTYPE.itemsize)
-        for lo in range(0, count, step):
-            k = min(step, count - lo)
-            buf = dest[at + lo:at + lo + k] if direct else scratch[:k]
-            _read_exactly(f, memoryview(buf).cast("B"), path)
-            if not direct:
-                dest[at + lo:at + lo + k]._sync_copyfrom(buf)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            _read_rows(f, path, first, count, dim, dest, at, block_bytes, rows)
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e.strerror or e})") from None
     return count * dim * DTYPE.itemsize
+
+
+def _read_rows(f: Any, path: Path, first: int, count: int, dim: int, dest: Any, at: int, block_bytes: int,
+               rows: Optional[int]) -> None:
+    shape, offset = read_header(f, path)
+    if len(shape) != 2 or shape[1] != dim:
+        got = shape[1] if len(shape) == 2 else f"shape {shape}"
+        raise CheckpointError(f"{path}: centers have dimension {got}, the model has {dim}")
+    if rows is not None and shape[0] != rows:
+        raise CheckpointError(f"{path}: holds {shape[0]} rows, expected {rows}")
+    if first + count > shape[0]:
+        raise CheckpointError(f"{path}: holds {shape[0]} rows, rows up to {first + count} are needed")
+    direct = isinstance(dest, np.ndarray)
+    if direct and (dest.dtype != DTYPE or not dest.flags.c_contiguous):
+        raise ValueError("a NumPy destination must be C-ordered float32")
+    step = rows_per_block(dim, block_bytes)
+    scratch = None if direct else np.empty((min(step, count), dim), DTYPE)
+    f.seek(offset + first * dim * DTYPE.itemsize)
+    for lo in range(0, count, step):
+        k = min(step, count - lo)
+        buf = dest[at + lo:at + lo + k] if direct else scratch[:k]
+        _read_exactly(f, memoryview(buf).cast("B"), path)
+        if not direct:
+            dest[at + lo:at + lo + k]._sync_copyfrom(buf)
 
 
 def _read_exactly(f: Any, view: memoryview, path: Path) -> None:
