@@ -31,20 +31,30 @@ Centers are stored by global class range, so a run saved on W ranks resumes on
 any other number of ranks. The output folder must be visible to every rank
 (one host, or a shared file system).
 
-Modules: layout (names, step folders, `latest`, resolve), saving (save, prune, set aside,
-remove interrupted saves), loading (integrity check, resumable folder, centers, optimizer).
+At 10 M classes a rank's centers are GiBs: each center file is written in row blocks
+of BLOCK_BYTES, hashed as it is written (one pass, one block of host memory), and a
+resume reads only the byte ranges of the classes a rank owns, straight into the
+head's arrays. Rank 0 logs `checkpoint step N: 5.12 GiB in 7.3 s (700 MiB/s)` for a
+save; each rank logs the same for the centers it loads, rank 0 for the check.
+
+Modules: layout (names, step folders, `latest`, resolve), blocks (.npy files in row
+blocks), saving (save, prune, set aside, remove interrupted saves), loading (integrity
+check, resumable folder, centers, optimizer).
 """
 from pfc_mx.checkpoint.layout import (BACKBONE_EPOCH, BACKBONE_PARAMS, BACKBONE_PREFIX, BACKBONE_SYMBOL,
                                       CHECKPOINTS, LATEST, SET_ASIDE, STATE, STEP_DIR, TMP_DIR, TRAINER_STATES,
                                       center_file, center_ranges, point_latest, resolve, step_folders, step_name,
                                       tmp_name)
-from pfc_mx.checkpoint.loading import Resumable, check_integrity, find_resumable, load_centers, load_trainer_states
+from pfc_mx.checkpoint.blocks import BLOCK_BYTES, Transfer
+from pfc_mx.checkpoint.loading import (Resumable, check_integrity, find_resumable, load_centers, load_centers_into,
+                                       load_trainer_states)
 from pfc_mx.checkpoint.saving import INJECT_SAVE_STALL, remove_incomplete, save, set_aside_newer
 
 __all__ = [
     "BACKBONE_EPOCH", "BACKBONE_PARAMS", "BACKBONE_PREFIX", "BACKBONE_SYMBOL", "CHECKPOINTS", "LATEST",
     "SET_ASIDE", "STATE", "STEP_DIR", "TMP_DIR", "TRAINER_STATES", "center_file", "center_ranges", "point_latest",
     "resolve", "step_folders", "step_name", "tmp_name",
-    "Resumable", "check_integrity", "find_resumable", "load_centers", "load_trainer_states",
+    "BLOCK_BYTES", "Transfer",
+    "Resumable", "check_integrity", "find_resumable", "load_centers", "load_centers_into", "load_trainer_states",
     "INJECT_SAVE_STALL", "remove_incomplete", "save", "set_aside_newer",
 ]

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
-import numpy as np
-
 from pfc_mx import dist, strict_json
 from pfc_mx.atomic import TMP_SUFFIX, write_atomic
+from pfc_mx.checkpoint.blocks import Transfer, write_npy
 from pfc_mx.checkpoint.layout import (BACKBONE_PREFIX, LATEST, SET_ASIDE, STATE, TMP_DIR, TRAINER_STATES,
                                       center_file, step_folders, step_name, tmp_name)
 from pfc_mx.checkpoint.loading import file_sha256
@@ -45,31 +44,41 @@ def _injected_stall(step: int) -> None:
 
 
 def _save_rank_files(folder: Path, net: Any, trainer: Any, save_backbone: Callable[[Any, str], None],
-                     centers: Tuple[int, np.ndarray, np.ndarray]) -> Dict[str, str]:
-    """Write this rank's share of a checkpoint; return {file name: sha256}."""
-    written: List[Path] = []
+                     centers: Tuple[int, Any, Any]) -> Dict[str, str]:
+    """Write this rank's share of a checkpoint; return {file name: sha256}.
+
+    The centers are hashed as they are written (blocks.write_npy); the backbone files, a few
+    MB written by MXNet, are hashed after.
+    """
+    sums: Dict[str, str] = {}
     start, weight, momentum = centers
     if len(weight):
+        began, nbytes = time.perf_counter(), 0
         for kind, arr in (("weight", weight), ("momentum", momentum)):
-            p = folder / center_file(start, start + len(weight), kind)
-            np.save(p, arr)
-            written.append(p)
+            name = center_file(start, start + len(weight), kind)
+            sums[name], size = write_npy(folder / name, arr)
+            nbytes += size
+        log.debug("rank %d wrote the centers of classes [%d, %d): %s", dist.rank(), start, start + len(weight),
+                  Transfer(nbytes, time.perf_counter() - began).describe())
     if dist.rank() == 0:
         save_backbone(net, str(folder / BACKBONE_PREFIX))
         trainer.save_states(str(folder / TRAINER_STATES))
-        written += sorted(folder.glob(f"{BACKBONE_PREFIX}-*"))
-    return {p.name: file_sha256(p) for p in written}
+        sums.update((p.name, file_sha256(p)) for p in sorted(folder.glob(f"{BACKBONE_PREFIX}-*")))
+    return sums
 
 
 def save(root: Path, step: int, state: Dict[str, Any], net: Any, trainer: Any,
-         centers: Tuple[int, np.ndarray, np.ndarray], keep: int,
+         centers: Tuple[int, Any, Any], keep: int,
          save_backbone: Callable[[Any, str], None]) -> Path:
     """Collective: every rank calls it at the same step. Returns the completed folder.
 
-    centers: (class_start, weight (num_local, D), momentum (num_local, D)) of this rank.
-    Raises CheckpointError on every rank when any rank fails to write; the previous
-    checkpoint and `latest` are then left as they were.
+    centers: (class_start, weight (num_local, D), momentum (num_local, D)) of this rank, float32
+    NumPy arrays or MXNet NDArrays (the head's own arrays: they are copied to the host one block
+    of rows at a time). Rank 0 logs the size and time of the whole checkpoint. Raises
+    CheckpointError on every rank when any rank fails to write; the previous checkpoint and
+    `latest` are then left as they were.
     """
+    began = time.perf_counter()
     root = Path(root)
     final = root / step_name(step)
     tmp = root / tmp_name(step)
@@ -96,12 +105,14 @@ def save(root: Path, step: int, state: Dict[str, Any], net: Any, trainer: Any,
         for _, s in results:
             files.update(s)
         try:
+            nbytes = sum((tmp / name).stat().st_size for name in files)
             write_atomic(tmp / STATE, strict_json.dumps({**state, "files": files}, indent=1, sort_keys=True))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
             write_atomic(root / LATEST, final.name + "\n")
             _prune(root, step, keep)
+            log.info("checkpoint step %d: %s", step, Transfer(nbytes, time.perf_counter() - began).describe())
         except Exception as e:
             errors.append(f"could not complete checkpoint {final.name}: {_reason(e, root)}")
     errors = dist.broadcast_object(errors, root=0)

@@ -200,7 +200,8 @@ class Run:
                  "corrupt_in_epoch": health["corrupt_in_epoch"] if pos.offset else [],
                  "nonfinite_steps": self.nonfinite_steps}
         self.last_ckpt = checkpoint.save(self.out / checkpoint.CHECKPOINTS, pos.step, state, self.net, self.trainer,
-                                         self.pfc.get_shard(), self.cfg.output.keep, save_backbone)
+                                         (self.pfc.class_start, self.pfc.weight, self.pfc.momentum),  # no host copy
+                                         self.cfg.output.keep, save_backbone)
         self.saved_step = pos.step
         log.info("saved checkpoint %s", self.last_ckpt)
 

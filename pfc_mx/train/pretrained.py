@@ -93,7 +93,6 @@ def load_centers_if_same_classes(pfc, state: Optional[Dict], source: str, num_cl
                  f"the checkpoint has {state.get('num_classes')} classes, the data {num_classes}")
         return False
     folder = Path(resolve_checkpoint(source)[0]).parent
-    weight, momentum = checkpoint.load_centers(folder, pfc.class_start, pfc.num_local, dim)
-    pfc.set_rows(pfc.class_start, weight, momentum)
+    checkpoint.load_centers_into(folder, pfc.class_start, pfc.weight, pfc.momentum)  # only this rank's rows
     log.info("class centers loaded from %s (%d classes)", folder, num_classes)
     return True

@@ -149,8 +149,7 @@ def load(folder: Path, cfg: Config, net: gluon.HybridBlock, trainer: gluon.Train
     for p, q in zip(net.collect_params().values(), loaded.collect_params().values()):
         p.set_data(q.data())
     checkpoint.load_trainer_states(folder, trainer)
-    weight, momentum = checkpoint.load_centers(folder, pfc.class_start, pfc.num_local, cfg.model.embedding_size)
-    pfc.set_rows(pfc.class_start, weight, momentum)
+    checkpoint.load_centers_into(folder, pfc.class_start, pfc.weight, pfc.momentum)  # only this rank's rows
 
 
 def describe(folder: Path, state: Dict[str, Any], start: Position, base_batch: int, global_batch: int,
