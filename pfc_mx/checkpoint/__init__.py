@@ -4,7 +4,7 @@
     found = checkpoint.find_resumable(out / "checkpoints")     # newest folder whose checksums match
     folder = checkpoint.resolve("runs/demo")                   # run, checkpoints, step folder or `latest`
 
-Layout (shared/DESIGN.md §5; the names are in layout.py)::
+Layout (docs/design.md, "Checkpoints"; the names are in layout.py)::
 
     <output>/checkpoints/
         step-00001000/
