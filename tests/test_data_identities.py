@@ -233,3 +233,16 @@ def test_the_parsed_index_is_kept_shared_and_parsed_again_when_the_index_changes
     plain_mx_insightface(tmp_path / "d", [2, 2, 5])  # rewritten: another index
     third = RecordDataset(tmp_path / "d")
     assert parsed == [1] and third.labels.tolist() == [0, 0, 1, 1, 2, 2, 2, 2, 2]
+
+
+def test_training_on_inconsistent_identity_records_stops_with_one_line_and_exit_2(tmp_path):
+    plain_mx_insightface(tmp_path / "data", [30] * 8, shift=1)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(ROOT / "train_horovod.py"), str(ROOT / "configs" / "demo.yaml"), "--set",
+                        f"data.rec={tmp_path / 'data'}", f"output.dir={out}", "eval.targets=[]"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [x for x in r.stderr.splitlines() if "identity record" in x]
+    assert len(errors) == 1 and "disagree with the images" in errors[0]
+    assert not list(out.rglob("step-*"))  # nothing trained, nothing saved
+    assert errors[0].split("Error: ")[-1] in (out / "logs" / "rank0.log").read_text()  # in the run's log too

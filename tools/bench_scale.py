@@ -160,7 +160,8 @@ def phase_train(args, data: Path, out: Path, rows: list, logs: list) -> None:
         head = sum(i.bytes for i in plan.memory if i.name == "class centers + momentum")
         ckpt = max((run / "checkpoints").glob("step-*"))
         size = sum(p.stat().st_size for p in ckpt.iterdir())
-        what = f"train {steps} steps on 2 ranks, stop" if ranks == 2 else f"resume on 1 rank, finish (step {steps})"
+        what = (f"train {steps} steps on 2 ranks, stop" if ranks == 2 else
+                f"resume on 1 rank, finish (optim.max_steps={steps})")
         rows.append((f"{what}, C {args.train_classes:,}, D {args.dim}", f"{wall:.1f} s", " / ".join(_gib(p) for p in peaks),
                      f"planner: centers + momentum {_gib(head)}/rank; checkpoint {ckpt.name} {_gib(size)}"))
         logs.extend(line.strip() for line in (r.stdout + r.stderr).splitlines()
