@@ -31,14 +31,15 @@ _IDENTITY_PAYLOAD = 32  # IRHeader (24 bytes) + two float32: an identity record 
 
 
 def _step(value: float) -> int:
-    """Half-width (in images) of the integers a float32 `value` may stand for; 0 when exact."""
+    """Spacing (in images) of float32 numbers at `value`: the integer it was rounded from lies within
+    half of it; 0 when exact."""
     return 0 if abs(value) < EXACT else int(np.spacing(np.float32(abs(value))))
 
 
-def _is_identity(buf: np.ndarray, keys: Keys, offsets: np.ndarray, candidates: np.ndarray,
-                 where: str) -> np.ndarray:
+def _is_identity(buf: np.ndarray, keys: Keys, offsets: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Bool per candidate key: the record is an identity record (2-value label, no image); False if absent."""
     pos, present = positions(keys, candidates)
+    present[present] &= offsets[pos[present]] + 12 <= buf.size
     out = np.zeros(candidates.size, bool)
     off = offsets[pos[present]]
     head = np.ascontiguousarray(buf[off[:, None] + np.arange(12)]).view("<u4")  # magic, lrec, flag
@@ -57,7 +58,7 @@ def resolve_bounds(buf: np.ndarray, keys: Keys, offsets: np.ndarray, a: float, b
             exact.append(int(value))
             continue
         cand = np.arange(int(value) - h, int(value) + h + 1, dtype=np.int64)
-        kind = _is_identity(buf, keys, offsets, np.concatenate(([cand[0] - 1], cand)), where)
+        kind = _is_identity(buf, keys, offsets, np.concatenate(([cand[0] - 1], cand)))
         turn = np.flatnonzero((kind[:-1] == before) & (kind[1:] == after))
         if turn.size != 1:
             raise DatasetError(f"{where}: record 0's bound {name} = {value:.0f} (float32, rounded past 2**24) "
