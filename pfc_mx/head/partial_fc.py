@@ -18,9 +18,10 @@ w += mom) to the rows the last step used; every other row keeps weight and
 momentum bit for bit.
 
 Checkpoints by global class range (elastic resume on another world size):
-get_shard() → (class_start, weight, momentum) of this shard as NumPy arrays;
-set_rows(global_start, weight, momentum) writes the part of a range this shard
-owns; set_step(step) restores the sampling stream. Initial centers are
+pfc_mx.checkpoint writes `weight` and `momentum` (this shard's NDArrays, from
+`class_start` on) in row blocks and reads a rank's own rows straight back into
+them; get_shard() (NumPy copies) and set_rows(global_start, weight, momentum)
+serve tests and tools; set_step(step) restores the sampling stream. Initial centers are
 N(0, 0.01) per global class (pfc_mx.shard), the same for any world size.
 
 kernels picks the implementation once: "fused" (pfc_mx.head.fused, the CPU
