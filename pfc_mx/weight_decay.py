@@ -13,9 +13,10 @@ Parameters without a gradient (running statistics, a fixed BatchNorm gamma) are 
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+from typing import TYPE_CHECKING, Iterable, List
 
-from mxnet import gluon
+if TYPE_CHECKING:  # the config imports WD_RULES and must not load MXNet
+    from mxnet import gluon
 
 WD_RULES = ("all", "module", "weights")
 
@@ -37,7 +38,7 @@ def decays(name: str, rule: str) -> bool:
     raise ValueError(f"unknown weight-decay rule {rule!r}; valid: {', '.join(WD_RULES)}")
 
 
-def apply_wd_rule(params: Iterable[gluon.Parameter], rule: str) -> List[str]:
+def apply_wd_rule(params: Iterable["gluon.Parameter"], rule: str) -> List[str]:
     """Set wd_mult to 1 or 0 on each parameter by `rule`; return the names exempted (wd_mult 0)."""
     exempt = []
     for p in params:
