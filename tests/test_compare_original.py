@@ -1,0 +1,61 @@
+"""tools/compare_original.py without insightface's code: a checkout without the MXNet partial_fc
+stops with one line and exit code 2; the table's measures (update groups, ulps, verdicts)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pfc_mx.cli.compare_original import LIMITS, _ulps, group, original_name, verdict
+from pfc_mx.cli.original_pfc import find_code
+from pfc_mx.errors import ConfigError
+from tests.ranks import ROOT, rank_env
+
+
+def test_a_folder_without_the_mxnet_partial_fc_stops_with_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_original.py"), "--insightface", str(tmp_path)],
+                          capture_output=True, text=True, env=rank_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --insightface {tmp_path}: no recognition/partial_fc/mxnet/memory_module.py there (an insightface "
+        "checkout with the MXNet partial_fc release, e.g. commit 7fadd420)"]
+
+
+def test_the_checkout_or_its_partial_fc_folder_is_found(tmp_path):
+    code = tmp_path / "recognition" / "partial_fc" / "mxnet"
+    (code / "symbol").mkdir(parents=True)
+    with pytest.raises(ConfigError):
+        find_code(str(tmp_path))
+    (code / "memory_module.py").write_text("")
+    (code / "symbol" / "resnet.py").write_text("")
+    assert find_code(str(tmp_path)) == code.resolve() and find_code(str(code)) == code.resolve()
+
+
+def test_our_names_map_to_the_originals_and_fall_in_groups():
+    assert original_name("stage1_unit1_relu1_alpha") == "stage1_unit1_relu1_gamma"
+    assert original_name("bn0_running_var") == "bn0_moving_var"
+    assert [group(n) for n in ("conv0_weight", "pre_fc1_weight", "bn0_gamma", "bn0_beta", "relu0_alpha",
+                               "bn0_running_mean", "stage4_unit1_conv1sc_weight")] == \
+        ["conv", "fc", "bn gamma", "bn beta", "prelu", "bn stats", "conv"]
+
+
+def test_ulps_count_float32_steps():
+    a = np.array([1.0, 0.5, -3.0, 1e-9], np.float32)
+    b = a.copy()
+    assert _ulps(a, b) == 0
+    b[0] = np.nextafter(b[0], np.float32(2))
+    b[2] = np.nextafter(np.nextafter(b[2], np.float32(0)), np.float32(0))
+    b[3] = 0                  # below 1% of the largest: left out
+    assert _ulps(a, b) == 2.0   # two steps down from 3.0; one step up from 1.0
+
+
+def test_verdicts_hold_each_row_to_the_limits():
+    row = {"loss_rel": 0.0, "centers": 1e-6, "conv": 2e-5, "fc": 0.0, "bn gamma": 0.0, "bn beta": 0.0, "prelu": 0.0,
+           "bn stats": 0.0}
+    assert verdict([row], same_state=True).startswith("**same step**")
+    assert "backbone 0.0002 > 0.0001" in verdict([row, {**row, "conv": 2e-4}], same_state=True)
+    assert "centers" in verdict([{**row, "centers": 2 * LIMITS["centers"]}], same_state=True)
+    assert verdict([{**row, "conv": 0.5}], same_state=False).startswith("**same losses**")
+    assert verdict([{**row, "loss_rel": 1e-3}], same_state=False).startswith("**losses differ**")
