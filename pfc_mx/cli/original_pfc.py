@@ -71,7 +71,9 @@ class OriginalPFC:
     momentum 0.9, wd 5e-4 and rescale_grad as train_memory.py sets them; lr constant."""
 
     def __init__(self, path: str, num_layers: int, num_classes: int, batch_size: int, lr: float,
-                 embedding_size: int = 512, seed: int = 0) -> None:
+                 embedding_size: int = 512, seed: int = 0, perturb: float = 0.0) -> None:
+        """perturb > 0: multiply the embedding gradient and the centers' gradient of every step by
+        1 ± perturb (random signs; 2**-23 is one float32 rounding), the original's own noise floor."""
         code = find_code(path)
         _easydict_stand_in()
         for name in MODULES:          # a second instance re-reads the config
@@ -113,6 +115,20 @@ class OriginalPFC:
             self.module.init_optimizer(optimizer_params={
                 "learning_rate": lr, "momentum": 0.9, "wd": 5e-4, "rescale_grad": 1.0 / batch_size,
                 "multi_precision": False, "lr_scheduler": backbone_sched})
+        if perturb > 0:
+            self._perturb(perturb, seed)
+
+    def _perturb(self, eps: float, seed: int) -> None:
+        rng = np.random.default_rng([seed, 23])
+
+        def noisy(x: mx.nd.NDArray) -> mx.nd.NDArray:
+            signs = rng.choice(np.array([-1.0, 1.0], np.float32), size=x.shape)
+            return x * mx.nd.array(1 + eps * signs, ctx=x.context)
+
+        backward, update = self.backbone.backward, self.module.memory_optimizer.update
+        self.backbone.backward = lambda out_grads=None: backward(out_grads=[noisy(g) for g in out_grads])
+        self.module.memory_optimizer.update = lambda weight, grad, state, learning_rate: update(
+            weight=weight, grad=noisy(grad), state=state, learning_rate=learning_rate)
 
     @property
     def backbone(self) -> mx.mod.Module:
@@ -131,12 +147,20 @@ class OriginalPFC:
             self.module.update()
         return float(self.module.loss_cache.asscalar())
 
-    def state(self) -> Dict[str, Dict[str, np.ndarray]]:
+    def state(self, our_names: bool = False) -> Dict[str, Dict[str, np.ndarray]]:
         """{"params": weights and batch-norm statistics by name, "momentum": the backbone optimizer's
-        momentum by parameter name (the last step's update: w += momentum), "centers", "centers_momentum"}."""
+        momentum by parameter name (the last step's update: w += momentum), "centers", "centers_momentum"};
+        our_names: named as our backbone names them (`_running_` statistics, PReLU `_alpha`)."""
         args, auxs = self.backbone.get_params()
         names = self.backbone._exec_group.param_names
         states = self.backbone._updater.states if self.backbone._updater is not None else {}
-        return {"params": {k: v.asnumpy() for k, v in {**args, **auxs}.items()},
-                "momentum": {names[i]: s.asnumpy() for i, s in states.items()},
+        rename = _our_name if our_names else (lambda n: n)
+        return {"params": {rename(k): v.asnumpy() for k, v in {**args, **auxs}.items()},
+                "momentum": {rename(names[i]): s.asnumpy() for i, s in states.items()},
                 "centers": self.bank.weight.asnumpy(), "centers_momentum": self.bank.weight_mom.asnumpy()}
+
+
+def _our_name(name: str) -> str:
+    """The original's parameter name as our Gluon backbone has it."""
+    name = name.replace("_moving_", "_running_")
+    return name[: -len("_gamma")] + "_alpha" if "relu" in name and name.endswith("_gamma") else name
