@@ -231,12 +231,12 @@ def main(argv=None) -> int:
             ours.run.close(plot=False)
             if floor_rows:
                 print("noise floor: the original against itself with its embedding and center gradients "
-                      "perturbed by one float32 rounding (× (1 ± 2^-23)) each step, free run")
+                      "perturbed by one float32 rounding (× (1 ± 2^-23)) each step, free run\n")
                 print(table(floor_rows).replace("loss, pfc_mx", "loss, perturbed"))
                 print()
             print("same state: ours set to the original's state before each step" if same_state else
-                  "free run: each side from its own previous step")
-            print(table(rows))
+                  "free run: each side from its own previous step", end="\n\n")
+            print(table(rows), end="\n\n")
             print(f"(left out: fc1's fixed gamma and, per step, {', '.join(str(r['noise']) for r in rows)} parameters "
                   f"or statistics whose update is below {NOISE:g} of the largest: float32 noise)")
             top = max(rows, key=lambda r: r["worst"][1])
