@@ -72,3 +72,15 @@ def test_every_iresnet_name_maps_to_the_original_and_back():
     names = list(symbols.get_model("iresnet_tiny").collect_params().keys())
     assert len(names) > 40 and all(_our_name(original_name(n)) == n for n in names)
     assert "stage1_unit1_relu1_gamma" in {original_name(n) for n in names}
+
+
+def test_a_checkout_whose_code_cannot_be_imported_stops_with_one_line(tmp_path):
+    from pfc_mx.cli.original_pfc import OriginalPFC
+    code = tmp_path / "recognition" / "partial_fc" / "mxnet"
+    (code / "symbol").mkdir(parents=True)
+    (code / "memory_module.py").write_text("")
+    (code / "symbol" / "resnet.py").write_text("")
+    (code / "default.py").write_text("import a_module_nobody_has\n")
+    with pytest.raises(ConfigError, match=r"its partial_fc code cannot be imported here \(No module named "
+                                          r"'a_module_nobody_has'\)"):
+        OriginalPFC(str(tmp_path), 18, 30, 32, 0.001)

@@ -95,6 +95,8 @@ class OriginalPFC:
             from memory_scheduler import get_scheduler
             from memory_softmax import MarginLoss
             from optimizer import MemoryBankSGDOptimizer
+        except ImportError as e:
+            raise ConfigError(f"--insightface {path}: its partial_fc code cannot be imported here ({e})") from None
         finally:
             sys.path.remove(str(code))
         self.batch_size = batch_size
