@@ -13,6 +13,7 @@ from pfc_mx.data.options import WRONG_SIZE_POLICIES
 from pfc_mx.errors import ConfigError
 from pfc_mx.head.options import RULES as HEAD_RULES, one_of
 from pfc_mx.margin_rules import margin_problem
+from pfc_mx.weight_decay import WD_RULES
 
 
 def _positive(v: Any) -> bool:
@@ -44,6 +45,7 @@ RANGES: Dict[Tuple[str, str], Tuple[Any, str]] = {
     ("optim", "reference_batch"): (_non_negative, ">= 0"),
     ("optim", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim", "weight_decay"): (_non_negative, ">= 0"),
+    ("optim", "wd_rule"): (lambda v: v in WD_RULES, one_of(WD_RULES)),
     ("optim", "epochs"): (_positive, "> 0"),
     ("optim", "max_steps"): (_non_negative, ">= 0"),
     ("optim", "schedule"): (lambda v: v in ("poly", "multistep"), "'poly' or 'multistep'"),

@@ -63,6 +63,7 @@ class OptimConfig:
     reference_batch: int = 0  # 0: use lr as given; > 0: scale lr by global_batch / reference_batch
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    wd_rule: str = "all"  # which parameters decay: "all", "module" or "weights" (pfc_mx.weight_decay)
     epochs: int = 20
     max_steps: int = 0  # 0: epochs × batches per epoch; > 0: stop after this many steps
     schedule: str = "poly"  # "poly" (arcface_torch) or "multistep" (original MXNet recipe)

@@ -18,6 +18,7 @@ from pfc_mx.data import RecordDataset, RecordLoader
 from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.errors import ConfigError
 from pfc_mx.head import PartialFC
+from pfc_mx.weight_decay import apply_wd_rule
 from pfc_mx.train.progress import Frame, Position, position_from_state
 from pfc_mx.train.schedule import scaled_base_lr, schedule_by_images
 
@@ -56,9 +57,13 @@ def backbone(cfg: Config, ctx: mx.Context) -> gluon.HybridBlock:
 
 
 def trainer(cfg: Config, net: gluon.HybridBlock) -> gluon.Trainer:
-    """SGD with momentum and weight decay over the backbone; the lr is set every step, no kvstore
-    (the ranks' gradients are summed by pfc_mx.train.sync)."""
+    """SGD with momentum and weight decay (on the parameters optim.wd_rule names, pfc_mx.weight_decay)
+    over the backbone; the lr is set every step, no kvstore (the ranks' gradients are summed by
+    pfc_mx.train.sync)."""
     o = cfg.optim
+    exempt = apply_wd_rule(net.collect_params().values(), o.wd_rule)
+    log.info("weight decay %g on all trainable backbone parameters%s (optim.wd_rule %s)", o.weight_decay,
+             f" but {len(exempt)}" if exempt else "", o.wd_rule)
     return gluon.Trainer(net.collect_params(), "sgd",
                          {"learning_rate": 0.0, "momentum": o.momentum, "wd": o.weight_decay,
                           "multi_precision": cfg.model.fp16, "lazy_update": False}, kvstore=None)
