@@ -8,7 +8,8 @@ y = x where x > 0, alpha[c] · x elsewhere, per channel c of axis 1. MXNet's own
 spends about a quarter of an IResNet training step on the CPU (it reduces the slope gradient
 through broadcast kernels); pfc_prelu (pfc_mx/csrc/pfc_kernels.cc) does forward and backward in
 one pass each, with the same numbers: output and input gradient bit for bit, the slope gradient
-summed in double instead of MXNet's compensated float sum (about one float rounding apart).
+summed in another order than MXNet's (float blocks of 64, then double; MXNet: compensated
+float), both within a few float roundings of the exact sum.
 
 Which one a graph gets is decided while a Backbone builds its hybridized graph (graph_for, with
 the context of its input): the fused kernel when kernels() allows it (set_kernels, else

@@ -40,8 +40,9 @@
 //   pfc_prelu(x (B,C,...), alpha (C,) or (1,)) -> y (B,C,...): y = x > 0 ? x : x * alpha[c], MXNet's
 //       LeakyReLU(act_type='prelu') bit for bit. Backward (inputs dy, x, alpha, y) -> dx, dalpha:
 //       dx = x > 0 ? dy : dy * alpha[c] (bit for bit), dalpha[c] = sum over B and the spatial axes of
-//       dy * x where x <= 0, the float products summed in double (MXNet sums them in float with
-//       Kahan compensation: the two agree to about one float rounding). MXNet passes no write
+//       dy * x where x <= 0: float sums over blocks of 64 elements, the blocks summed in double (MXNet
+//       sums in float with Kahan compensation: both within a few float roundings of the exact sum
+//       of the products' magnitudes). MXNet passes no write
 //       request to library operators: both gradients are always written, never added to, so the
 //       block uses this operator only where they are written (grad_req 'write').
 #include <omp.h>
@@ -574,6 +575,11 @@ Planes planes_of(const MXTensor& x) {
   return {x.shape[0] * x.shape[1], size, x.shape[1]};
 }
 
+// The slope gradient is summed in float over blocks of this many elements (a few per SIMD lane),
+// the blocks in double: as fast as a pass without the sum (a double accumulator in the loop made
+// the backward 6x slower), about as accurate as MXNet's compensated float sum.
+constexpr int64_t kSlopeBlock = 64;
+
 MXReturnValue prelu_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                             const OpResource&) {
   const Planes pl = planes_of((*in)[0]);
@@ -607,18 +613,23 @@ MXReturnValue prelu_backward(const Attrs&, std::vector<MXTensor>* in, std::vecto
     const float a = alpha[slopes == 1 ? 0 : p % pl.channels];
     const float* xp = x + p * pl.size;
     const float* dyp = dy + p * pl.size;
+    float* dxp = dx != nullptr ? dx + p * pl.size : nullptr;
     double acc = 0.0;
-    if (dx != nullptr) {
-      float* dxp = dx + p * pl.size;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t k = 0; k < pl.size; ++k) {
-        const bool positive = xp[k] > 0.0f;
-        dxp[k] = positive ? dyp[k] : dyp[k] * a;
-        acc += positive ? 0.0 : static_cast<double>(dyp[k] * xp[k]);
+    for (int64_t lo = 0; lo < pl.size; lo += kSlopeBlock) {
+      const int64_t hi = std::min(lo + kSlopeBlock, pl.size);
+      float block = 0.0f;
+      if (dxp != nullptr) {
+#pragma omp simd reduction(+ : block)
+        for (int64_t k = lo; k < hi; ++k) {
+          const bool positive = xp[k] > 0.0f;
+          dxp[k] = positive ? dyp[k] : dyp[k] * a;
+          block += positive ? 0.0f : dyp[k] * xp[k];
+        }
+      } else {
+#pragma omp simd reduction(+ : block)
+        for (int64_t k = lo; k < hi; ++k) block += xp[k] > 0.0f ? 0.0f : dyp[k] * xp[k];
       }
-    } else {
-#pragma omp simd reduction(+ : acc)
-      for (int64_t k = 0; k < pl.size; ++k) acc += xp[k] > 0.0f ? 0.0 : static_cast<double>(dyp[k] * xp[k]);
+      acc += block;
     }
     partial[p] = acc;
   }
