@@ -142,7 +142,7 @@ def step_gradients(nets):
 # outputs and input gradients themselves are the same bits (test above, and IResNet here).
 # The slope gradients are compared with the imperative network's (stock operators one by one):
 # in MobileFaceNet's hybridized graph MXNet's own PReLU gets conv_1's slope gradient wrong
-# (alpha times the right one: its backward reads the output, written over the input in place).
+# (alpha times the right one, as if its backward read the output instead of the input).
 @pytest.mark.parametrize("name, exact", [("iresnet_tiny", True), ("mobilefacenet", False)])
 def test_a_training_step_has_the_same_numbers_with_either_kernel(name, exact):
     (emb_stock, stock), (emb_fused, fused), (_, imperative) = step_gradients(twins(name, imperative=True))
