@@ -1,4 +1,4 @@
-"""Fused CPU kernels of the Partial FC head: build, cache and load the MXNet extension library.
+"""Fused CPU kernels of the Partial FC head and the backbones' PReLU: build, cache and load the MXNet extension library.
 
     from pfc_mx import kernels
     if kernels.load():            # True once mx.nd.pfc_* exist in this process
@@ -17,8 +17,8 @@ without a compiler. Each kernel runs OMP_NUM_THREADS threads, else the
 processors divided by the ranks on the host (HOROVOD_LOCAL_SIZE). Ranks
 starting together build once: the first takes a file lock, the others wait and
 load its result. Without a compiler ``load()`` returns False with the reason in
-``unavailable_reason()``, and PartialFC falls back to stock MXNet operators
-(same results, slower).
+``unavailable_reason()``, and PartialFC and the backbones' PReLU (symbols.prelu)
+fall back to stock MXNet operators (same results, slower).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "pfc_kernels.cc"
 # -ffp-contract=off: the update rounds as MXNet's sgd_mom_update does (bit-identical rows).
 FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-Wl,-Bsymbolic"]
 OPERATORS = ("pfc_gather_normalize", "pfc_margin_softmax", "pfc_softmax_loss", "pfc_softmax_scale",
-             "pfc_normalize_grad", "pfc_sparse_sgd")
+             "pfc_normalize_grad", "pfc_sparse_sgd", "pfc_prelu")
 
 _state = {"loaded": False, "reason": None}
 

@@ -13,6 +13,8 @@ from typing import Any, Dict, Iterator, Optional
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
+from symbols import prelu
+
 MEAN, SCALE = 127.5, 0.0078125     # raw RGB 0..255 -> about [-1, 1]
 MXNET_DEFAULT_EPS = 1e-3           # mx.sym.BatchNorm's eps when a symbol passes none
 
@@ -101,6 +103,8 @@ class Backbone(HybridBlock):
     `type(net)(**net.config)` builds the same network with the same parameter names.
     With fp16=True the body's weights are float16 (BatchNorm parameters stay float32,
     as in Gluon) and the output is still float32; MXNet runs float16 convolutions on GPUs only.
+    The hybridized graph runs the fused PReLU kernel on the CPU; exported files have the stock
+    operator (symbols.prelu).
     """
 
     def __init__(self, config: Dict[str, Any]):
@@ -113,6 +117,26 @@ class Backbone(HybridBlock):
     def _finish(self) -> None:
         if self.fp16:
             self.body.cast("float16")
+
+    def _get_graph(self, *args):
+        """HybridBlock's graph, built for the context of the input: the fused PReLU on the CPU
+        (symbols.prelu). Gluon calls this once per hybridization, with the first input's NDArrays."""
+        if self._cached_graph:
+            return self._cached_graph
+        ctx = next((a.context for a in args if isinstance(a, mx.nd.NDArray)), mx.cpu())
+        with prelu.graph_for(ctx):
+            return super()._get_graph(*args)
+
+    def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
+        """HybridBlock.export with the stock PReLU in the symbol file (readable without our library)."""
+        if not self._cached_graph:
+            return super().export(path, epoch, remove_amp_cast)
+        inputs, out = self._cached_graph
+        self._cached_graph = inputs, prelu.to_stock(out)
+        try:
+            super().export(path, epoch, remove_amp_cast)
+        finally:
+            self._cached_graph = inputs, out
 
     def hybrid_forward(self, F, x):
         x = F.cast(x, dtype="float32")

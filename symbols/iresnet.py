@@ -20,6 +20,7 @@ from typing import Dict, Sequence, Tuple
 from mxnet.gluon import HybridBlock, nn
 
 from symbols.common import Backbone, EmbeddingHead, batch_norm
+from symbols.prelu import PReLU
 
 UNITS: Dict[int, Tuple[int, int, int, int]] = {
     18: (2, 2, 2, 2),
@@ -52,7 +53,7 @@ class IRUnit(HybridBlock):
             self.bn1 = batch_norm("bn1_", in_channels, bn_mom, bn_eps)
             self.conv1 = _conv("conv1_", in_channels, channels, 3, 1)
             self.bn2 = batch_norm("bn2_", channels, bn_mom, bn_eps)
-            self.relu1 = nn.PReLU(in_channels=channels, prefix="relu1_")
+            self.relu1 = PReLU(in_channels=channels, prefix="relu1_")
             self.conv2 = _conv("conv2_", channels, channels, 3, stride)
             self.bn3 = batch_norm("bn3_", channels, bn_mom, bn_eps)
             if stride != 1 or in_channels != channels:
@@ -82,7 +83,7 @@ class IResNet(Backbone):
         body = nn.HybridSequential(prefix="")
         body.add(_conv("conv0_", 3, channels[0], 3, stem_stride),
                  batch_norm("bn0_", channels[0], bn_mom, bn_eps),
-                 nn.PReLU(in_channels=channels[0], prefix="relu0_"))
+                 PReLU(in_channels=channels[0], prefix="relu0_"))
         in_channels, size = channels[0], (input_size - 1) // stem_stride + 1
         for i, (n, c) in enumerate(zip(units, channels), start=1):
             for j in range(1, n + 1):

@@ -20,6 +20,7 @@ from typing import Sequence
 from mxnet.gluon import HybridBlock, nn
 
 from symbols.common import MXNET_DEFAULT_EPS, Backbone, EmbeddingHead, batch_norm
+from symbols.prelu import PReLU
 
 # MXNet 1.9.1 (oneDNN) caches its BatchNorm primitives by shape and eps, not by layout, and runs
 # a 2-D (B, C) input as (B, C, 1, 1): after a BatchNorm on a conv's (B, C, 1, 1) output (oneDNN's
@@ -48,7 +49,7 @@ def conv_block(prefix: str, in_channels: int, channels: int, kernel: int, stride
             block.add(nn.HybridLambda(lambda F, x: F.reshape(F.flatten(x), (0, 0, 1, 1)), prefix="plain_"))
         block.add(batch_norm("batchnorm_", channels, bn_mom, bn_eps))
         if act:
-            block.add(nn.PReLU(in_channels=channels, prefix="relu_"))
+            block.add(PReLU(in_channels=channels, prefix="relu_"))
     return block
 
 

@@ -1,0 +1,298 @@
+"""Backbone training step on the CPU: time per operator family, the step against its convolutions, peak memory.
+
+    python tools/bench_backbone.py [--backbone iresnet50] [--batch 32] [--threads 2] [--steps 2] [--prelu stock,fused]
+
+For every (backbone, batch, threads, PReLU kernel) a fresh process (OMP_NUM_THREADS = threads,
+MXNET_EXEC_BULK_EXEC_TRAIN=0 so that the profiler sees every operator) measures:
+
+- step: one training step of the hybridized backbone (static_alloc, static_shape, as training runs
+  it): forward on random 112×112 images, backward of a fixed embedding gradient, and the SGD update
+  (momentum 0.9, wd 5e-4) of gluon.Trainer; mean of --steps timed steps after one warm-up step;
+- floor: the backbone's convolutions alone, forward and backward (data and weight gradients, no data
+  gradient for the layer on the images), each on a random input of the shape it sees in the
+  network, hybridized the same way: every distinct convolution (settings and input shape) timed
+  once and counted as often as the network runs it; timed alternately with the steps;
+- per operator family (MXNet profiler, one more step): seconds of the convolutions (forward,
+  backward), PReLU (forward, backward), BatchNorm, the optimizer update and the rest, PReLU's
+  share of that profiled step, and the profiled step over its own convolutions' time (a floor
+  measured inside the same step: steadier than the separate floor on a machine others load);
+- memory: peak resident memory (VmHWM) of the process up to the end of the warm-up step (which
+  allocates all a step needs: static_alloc, the momentum; the floor comes later), its resident
+  memory after imports, and the parameters' size (gradients and momentum are as large again
+  each); images/s = batch / step.
+
+--prelu picks the PReLU kernel of the backbone (symbols.prelu): stock (MXNet's LeakyReLU
+'prelu') or fused (pfc_mx.kernels' pfc_prelu); giving both compares them side by side.
+Prints one line per configuration on stderr as it finishes and one markdown table at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from pfc_mx.cli import run_cli
+from pfc_mx.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 1 << 20
+PRELU_KERNELS = ("stock", "fused")
+# operator family -> MXNet profiler names (the optimizer: any name with "sgd"; the rest: other)
+FAMILIES = {
+    "conv_fwd": ("Convolution",),
+    "conv_bwd": ("_backward_Convolution",),
+    "prelu_fwd": ("LeakyReLU", "pfc_prelu"),
+    "prelu_bwd": ("_backward_LeakyReLU", "_backward_pfc_prelu"),
+    "batchnorm": ("BatchNorm", "_backward_BatchNorm"),
+}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} missing in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Make VmHWM restart from the current RSS (Linux ≥ 4.0), so import-time peaks do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def families(operator_ms: Dict[str, float]) -> Dict[str, float]:
+    """Seconds per family (FAMILIES, optimizer, other) from {operator name: total ms} of the profiler."""
+    out = {name: 0.0 for name in (*FAMILIES, "optimizer", "other")}
+    for op, ms in operator_ms.items():
+        family = next((f for f, names in FAMILIES.items() if op in names), None)
+        if family is None:
+            family = "optimizer" if "sgd" in op else "other"
+        out[family] += ms / 1e3
+    return out
+
+
+def conv_shapes(net, batch: int) -> List[tuple]:
+    """(Conv2D block, its input shape at this batch) for every convolution of net (one imperative pass)."""
+    import mxnet as mx
+    from mxnet.gluon import nn
+
+    from symbols.common import blocks
+
+    seen: List[tuple] = []
+    hooks = [b.register_forward_hook(lambda blk, inputs, out: seen.append((blk, inputs[0].shape)))
+             for b in blocks(net) if isinstance(b, nn.Conv2D)]
+    net(mx.nd.zeros((1, 3, 112, 112)))
+    for h in hooks:
+        h.detach()
+    return [(blk, (batch,) + tuple(shape[1:])) for blk, shape in seen]
+
+
+def conv_floor(convs: List[tuple]) -> List[tuple]:
+    """The distinct convolutions of convs (settings and input shape), each a hybridized Conv2D with a
+    random input, an output gradient, and how many times the network runs it: (conv, x, dy, count)."""
+    import mxnet as mx
+    import numpy as np
+    from mxnet.gluon import nn
+
+    counts: Dict[tuple, int] = {}
+    for blk, shape in convs:
+        k = blk._kwargs
+        key = (tuple(shape), k["num_filter"], tuple(k["kernel"]), tuple(k["stride"]), tuple(k["pad"]),
+               tuple(k["dilate"]), k["num_group"], bool(k["no_bias"]))
+        counts[key] = counts.get(key, 0) + 1
+    rng = np.random.default_rng(5)
+    layers = []
+    for (shape, filters, kernel, stride, pad, dilate, groups, no_bias), count in counts.items():
+        conv = nn.Conv2D(filters, kernel, strides=stride, padding=pad, dilation=dilate, groups=groups,
+                         use_bias=not no_bias, in_channels=shape[1], prefix=f"floor{len(layers)}_")
+        conv.initialize(mx.init.Xavier())
+        conv.hybridize(static_alloc=True, static_shape=True)
+        x = mx.nd.array(rng.standard_normal(shape).astype(np.float32))
+        if shape[1] != 3:  # the layer on the images has no data gradient in the network
+            x.attach_grad()
+        dy = mx.nd.ones_like(conv(x)) * 1e-3
+        layers.append((conv, x, dy, count))
+    return layers
+
+
+def floor_step(layers: List[tuple]) -> float:
+    """Seconds of the network's convolutions, forward and backward: each distinct one timed once, times its count."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    total = 0.0
+    for conv, x, dy, count in layers:
+        mx.nd.waitall()
+        t = time.perf_counter()
+        with autograd.record():
+            y = conv(x)
+        y.backward(dy)
+        mx.nd.waitall()
+        total += count * (time.perf_counter() - t)
+    return total
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One configuration in this process; writes result.json into args.out."""
+    import mxnet as mx
+    import numpy as np
+    from mxnet import autograd, gluon
+
+    import symbols
+    from symbols import prelu
+
+    name, batch, kernel = args.backbone[0], args.batch[0], args.prelu[0]
+    prelu.set_kernels(kernel)
+    rss0 = _status_kib("VmRSS")
+    _reset_peak_rss()
+    net = symbols.get_model(name, embedding_size=args.dim)
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
+    convs = conv_shapes(net, batch)
+    net.hybridize(static_alloc=True, static_shape=True)
+    rng = np.random.default_rng(0)
+    images = mx.nd.array(rng.uniform(0, 255, (batch, 3, 112, 112)).astype(np.float32))
+    head_grad = mx.nd.array(rng.standard_normal((batch, args.dim)).astype(np.float32) * 1e-3)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 1e-3, "momentum": 0.9, "wd": 5e-4,
+                                                           "lazy_update": False}, kvstore=None)
+    params_bytes = sum(p.data().size * 4 for p in net.collect_params().values())
+
+    def step() -> float:
+        mx.nd.waitall()
+        t = time.perf_counter()
+        with autograd.record():
+            emb = net(images)
+        emb.backward(head_grad)
+        trainer.step(1)
+        mx.nd.waitall()
+        return time.perf_counter() - t
+
+    step()  # warm-up: builds the graph, its static memory and the momentum
+    peak = _status_kib("VmHWM") * 1024  # the floor below is not counted
+    used = prelu.fused_in(net)
+    if used != (kernel == "fused"):
+        raise RuntimeError(f"asked for the {kernel} PReLU, but the graph has {'fused' if used else 'stock'}")
+    layers = conv_floor(convs)
+    floor_step(layers)
+    steps, floors = [], []
+    for _ in range(args.steps):  # alternately: both see the same machine load
+        steps.append(step())
+        floors.append(floor_step(layers))
+    with tempfile.TemporaryDirectory() as tmp:
+        mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=os.path.join(tmp, "profile.json"))
+        mx.profiler.set_state("run")
+        profiled = step()
+        mx.profiler.set_state("stop")
+        stats = json.loads(mx.profiler.dumps(reset=True, format="json"))
+    operator_ms = {op: v["Total"] for op, v in stats.get("Time", {}).get("operator", {}).items()}
+    result = {"backbone": name, "batch": batch, "threads": args.threads[0], "prelu": kernel,
+              "step_s": float(np.mean(steps)), "floor_s": float(np.mean(floors)),
+              "profiled_s": profiled, "families": families(operator_ms), "peak_bytes": peak,
+              "after_imports_bytes": rss0 * 1024, "params_bytes": params_bytes, "steps": args.steps}
+    Path(args.out, "result.json").write_text(json.dumps(result))
+
+
+def launch(backbone: str, batch: int, threads: int, kernel: str, args: argparse.Namespace, out: Path) -> Dict:
+    """Run one configuration in a fresh process; return its result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backbone", backbone, "--batch", str(batch),
+           "--threads", str(threads), "--prelu", kernel, "--steps", str(args.steps), "--dim", str(args.dim),
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MXNET_EXEC_BULK_EXEC_TRAIN": "0",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
+    return json.loads((out / "result.json").read_text())
+
+
+def line(r: Dict) -> str:
+    """The one-line summary of a configuration."""
+    f = r["families"]
+    return (f"{r['backbone']} batch {r['batch']} threads {r['threads']} prelu {r['prelu']}: step {r['step_s']:.2f} s, "
+            f"floor {r['floor_s']:.2f} s ({r['step_s'] / r['floor_s']:.2f}x), PReLU "
+            f"{100 * (f['prelu_fwd'] + f['prelu_bwd']) / r['profiled_s']:.1f} % of the profiled step, "
+            f"peak {r['peak_bytes'] / MIB:.0f} MiB, {r['batch'] / r['step_s']:.1f} images/s")
+
+
+def table(rows: List[Dict]) -> str:
+    """Markdown table, one line per configuration; `stock / this`: the stock PReLU's step over this one."""
+    head = ("| backbone | batch | threads | PReLU | step s | conv floor s | step / floor | stock / this | images/s | "
+            "profiled step s | conv fwd s | conv bwd s | profiled / its convs | PReLU fwd s | PReLU bwd s | PReLU % | "
+            "BatchNorm s | optimizer s | other s | peak MiB | after imports MiB | params MiB | timed steps |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    stock = {(r["backbone"], r["batch"], r["threads"]): r["step_s"] for r in rows if r["prelu"] == "stock"}
+    for r in rows:
+        f = r["families"]
+        base = stock.get((r["backbone"], r["batch"], r["threads"]))
+        lines.append(
+            f"| {r['backbone']} | {r['batch']} | {r['threads']} | {r['prelu']} | {r['step_s']:.3f} | "
+            f"{r['floor_s']:.3f} | {r['step_s'] / r['floor_s']:.2f} | "
+            f"{(base / r['step_s']) if base else float('nan'):.2f} | {r['batch'] / r['step_s']:.1f} | "
+            f"{r['profiled_s']:.3f} | {f['conv_fwd']:.3f} | {f['conv_bwd']:.3f} | "
+            f"{r['profiled_s'] / max(f['conv_fwd'] + f['conv_bwd'], 1e-9):.2f} | {f['prelu_fwd']:.3f} | "
+            f"{f['prelu_bwd']:.3f} | {100 * (f['prelu_fwd'] + f['prelu_bwd']) / r['profiled_s']:.1f} | "
+            f"{f['batchnorm']:.3f} | {f['optimizer']:.3f} | {f['other']:.3f} | {r['peak_bytes'] / MIB:.0f} | "
+            f"{r['after_imports_bytes'] / MIB:.0f} | {r['params_bytes'] / MIB:.0f} | {r['steps']} |")
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> List[int]:
+    return [int(float(v)) for v in text.split(",") if v]
+
+
+def _names(text: str) -> List[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backbone", type=_names, default=["iresnet50"], help="comma-separated registered names")
+    p.add_argument("--batch", type=_ints, default=[32], help="comma-separated batch sizes")
+    p.add_argument("--threads", type=_ints, default=[os.cpu_count() or 1], help="comma-separated thread counts")
+    p.add_argument("--prelu", type=_names, default=list(PRELU_KERNELS),
+                   help=f"comma-separated PReLU kernels ({', '.join(PRELU_KERNELS)})")
+    p.add_argument("--steps", type=int, default=2, help="timed steps (and floor runs) after one warm-up step")
+    p.add_argument("--dim", type=int, default=512, help="embedding size")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    import symbols  # the names only: no backbone is built in this process
+
+    for name, values in (("batch", args.batch), ("threads", args.threads), ("steps", [args.steps]),
+                         ("dim", [args.dim])):
+        if not values or min(values) < 1:
+            raise ConfigError(f"--{name} must be positive integers, got {values}")
+    unknown = [b for b in args.backbone if b not in symbols.list_models()]
+    if unknown or not args.backbone:
+        raise ConfigError(f"--backbone: unknown {unknown}; valid names: {', '.join(symbols.list_models())}")
+    if not args.prelu or any(k not in PRELU_KERNELS for k in args.prelu):
+        raise ConfigError(f"--prelu must be among {', '.join(PRELU_KERNELS)}, got {args.prelu}")
+    command = "python tools/bench_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = []
+    for backbone in args.backbone:
+        for batch in args.batch:
+            for threads in args.threads:
+                for kernel in args.prelu:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        rows.append(launch(backbone, batch, threads, kernel, args, Path(tmp)))
+                    print(line(rows[-1]), file=sys.stderr, flush=True)
+    print(f"command: {command.strip()}\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
