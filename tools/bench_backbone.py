@@ -39,6 +39,7 @@ from typing import Dict, List, Optional
 
 from pfc_mx.cli import run_cli
 from pfc_mx.errors import ConfigError
+from pfc_mx.proc_memory import reset_peak_rss, status_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -51,23 +52,6 @@ FAMILIES = {
     "prelu_bwd": ("_backward_LeakyReLU", "_backward_pfc_prelu"),
     "batchnorm": ("BatchNorm", "_backward_BatchNorm"),
 }
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} missing in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    """Make VmHWM restart from the current RSS (Linux ≥ 4.0), so import-time peaks do not count."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def families(operator_ms: Dict[str, float]) -> Dict[str, float]:
@@ -153,8 +137,8 @@ def worker(args: argparse.Namespace) -> None:
 
     name, batch, kernel = args.backbone[0], args.batch[0], args.prelu[0]
     prelu.set_kernels(kernel)
-    rss0 = _status_kib("VmRSS")
-    _reset_peak_rss()
+    rss0 = status_kib("VmRSS")
+    reset_peak_rss()
     net = symbols.get_model(name, embedding_size=args.dim)
     mx.random.seed(0)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
@@ -178,7 +162,7 @@ def worker(args: argparse.Namespace) -> None:
         return time.perf_counter() - t
 
     step()  # warm-up: builds the graph, its static memory and the momentum
-    peak = _status_kib("VmHWM") * 1024  # the floor below is not counted
+    peak = status_kib("VmHWM") * 1024  # the floor below is not counted
     used = prelu.fused_in(net)
     if used != (kernel == "fused"):
         raise RuntimeError(f"asked for the {kernel} PReLU, but the graph has {'fused' if used else 'stock'}")

@@ -43,28 +43,12 @@ from typing import Dict, List, Optional, Tuple
 from pfc_mx import blas
 from pfc_mx.cli import run_cli
 from pfc_mx.errors import ConfigError
+from pfc_mx.proc_memory import reset_peak_rss, status_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 
 MIB = 1 << 20
 CORES = os.cpu_count() or 1
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} missing in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    """Make VmHWM restart from the current RSS (Linux ≥ 4.0), so import-time peaks do not count."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def head_budget_bytes(num_local: int, sampled: int, dim: int, batch: int) -> int:
@@ -96,8 +80,8 @@ def worker(args: argparse.Namespace) -> None:
     del tiny
     mx.nd.waitall()
     dist.barrier()
-    _reset_peak_rss()
-    rss0 = _status_kib("VmRSS")
+    reset_peak_rss()
+    rss0 = status_kib("VmRSS")
     pfc = PartialFC(c, d, sample_rate=args.rates[0], seed=0)
 
     def head(step: int) -> Tuple[float, float, float, float]:
@@ -115,7 +99,7 @@ def worker(args: argparse.Namespace) -> None:
         return end - t, end - u, time.process_time() - cpu, time.thread_time() - py
 
     warm = head(0)[0]
-    growth = (_status_kib("VmHWM") - rss0) * 1024
+    growth = (status_kib("VmHWM") - rss0) * 1024
     s = len(pfc.last_index)
     budget = head_budget_bytes(pfc.num_local, s, d, n)
     # operands of the bare products: the shard's own rows as W, fresh G and outputs

@@ -33,20 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _private_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+from pfc_mx.proc_memory import private_kib, reset_peak_rss, status_kib  # noqa: E402
 
 
 def probe_open(data: str, how: str) -> dict:
@@ -57,8 +44,8 @@ def probe_open(data: str, how: str) -> dict:
     before = [resident_bytes(p) or 0 for p in (rec, idx)]
     import numpy as np  # noqa: F401  (imports before the measurement)
     import mxnet as mx
-    _reset_peak()
-    rss0 = _kib("VmRSS")
+    reset_peak_rss()
+    rss0 = status_kib("VmRSS")
     t = time.perf_counter()
     if how == "ours":
         ds = RecordDataset(data)
@@ -73,7 +60,7 @@ def probe_open(data: str, how: str) -> dict:
     seconds = time.perf_counter() - t
     after = [resident_bytes(p) or 0 for p in (rec, idx)]
     return {"seconds": seconds, "read_rec": after[0] - before[0], "read_idx": after[1] - before[1],
-            "rss_growth": (_kib("VmHWM") - rss0) * 1024, "kept": kept, **extra}
+            "rss_growth": (status_kib("VmHWM") - rss0) * 1024, "kept": kept, **extra}
 
 
 def probe_loader(data: str) -> dict:
@@ -89,7 +76,7 @@ def probe_loader(data: str) -> dict:
         it = loader.epoch(0)
         for _ in range(3):
             next(it)
-        workers = [_private_kib(p.pid) * 1024 for p in loader._workers]
+        workers = [private_kib(p.pid) * 1024 for p in loader._workers]
     return {"workers_private": workers, "permutation_s": permute, "seconds": time.perf_counter() - t}
 
 
@@ -102,7 +89,7 @@ def probe_rank(out: str, argv: list) -> None:
     try:
         runpy.run_path(sys.argv[0], run_name="__main__")
     finally:
-        Path(out, f"peak-{rank}.json").write_text(json.dumps({"peak_rss": _kib("VmHWM") * 1024,
+        Path(out, f"peak-{rank}.json").write_text(json.dumps({"peak_rss": status_kib("VmHWM") * 1024,
                                                               "seconds": time.perf_counter() - t}))
 
 

@@ -28,6 +28,7 @@ from pfc_mx.cli import positive_int, run_cli
 from pfc_mx.checkpoint.layout import step_name
 from pfc_mx.checkpoint.loading import check_integrity, load_centers_into
 from pfc_mx.checkpoint.saving import save
+from pfc_mx.proc_memory import status_kib
 from pfc_mx.shard import shard_range
 
 STEP = 1
@@ -36,9 +37,8 @@ STEP = 1
 def _rss() -> Optional[int]:
     """This process's resident set in bytes (None without /proc)."""
     try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
+        return status_kib("VmRSS") * 1024
+    except (OSError, RuntimeError):
         return None
 
 
