@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pfc_mx.cli import non_negative_int, number, positive_int, run_cli  # noqa: E402
+from pfc_mx.errors import ConfigError, DatasetError  # noqa: E402
 from pfc_mx.proc_memory import private_kib, reset_peak_rss, status_kib  # noqa: E402
 
 
@@ -167,22 +169,24 @@ def main(argv=None) -> int:
     from pfc_mx.data.shaped import SHAPES, write_shaped
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="ms1mv3")
-    p.add_argument("--images", type=int, default=0, help="instead of --shape: this many images ...")
-    p.add_argument("--classes", type=int, default=0, help="... of this many identities")
-    p.add_argument("--image-bytes", type=int, default=0, help="record size of a real face (~3600); 0: tiny PNGs")
+    p.add_argument("--images", type=non_negative_int, default=0, help="instead of --shape: this many images ...")
+    p.add_argument("--classes", type=non_negative_int, default=0, help="... of this many identities")
+    p.add_argument("--image-bytes", type=non_negative_int, default=0, help="record size of a real face (~3600); 0: tiny PNGs")
     p.add_argument("--rec", help="your own rec (folder or .rec) instead of writing one")
     p.add_argument("--out", default=str(ROOT / "work_dirs" / "scale"))
-    p.add_argument("--train-classes", type=int, default=10_000_000)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--sample-rate", type=float, default=0.1)
-    p.add_argument("--batch", type=int, default=64, help="per rank")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--train-classes", type=positive_int, default=10_000_000)
+    p.add_argument("--dim", type=positive_int, default=128)
+    p.add_argument("--sample-rate", type=number(float, 0.0, 1.0, low_open=True, what="in (0, 1]"), default=0.1)
+    p.add_argument("--batch", type=positive_int, default=64, help="per rank")
+    p.add_argument("--steps", type=positive_int, default=5)
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--reference", choices=("auto", "always", "never"), default="auto",
                    help="open the rec FaceImageIter's way too (auto: up to 10 M index lines; MXIndexedRecordIO "
                         "keeps the index in a Python dict, ~100 bytes a line)")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per training run")
+    p.add_argument("--timeout", type=number(float, 0.0, low_open=True, what="> 0"), default=3600, help="seconds per training run")
     args = p.parse_args(argv)
+    if bool(args.images) != bool(args.classes) or args.classes > args.images:
+        raise ConfigError("--images and --classes go together, with 1 <= classes <= images")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, logs = [], []
@@ -198,6 +202,8 @@ def main(argv=None) -> int:
                          f"rec {_gib(s['rec_bytes'])}, idx {_gib(s['idx_bytes'])}"))
     from pfc_mx.data.recordio import resolve_paths
     rec, idx, _ = resolve_paths(data)
+    if not (rec.is_file() and idx.is_file()):
+        raise DatasetError(f"{data}: no train.rec with its train.idx there")
     size = rec.stat().st_size
     lines = idx.stat().st_size // 20  # about 20 bytes an index line
     reference = args.reference == "always" or (args.reference == "auto" and lines <= 10_000_000)
@@ -235,4 +241,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main() if sys.argv[1:2] == ["_probe"] else run_cli(main))
