@@ -113,7 +113,7 @@ def test_inconsistent_identity_records_stop_the_open_naming_the_record(tmp_path)
 def test_ranges_with_a_gap_name_the_identity_record(tmp_path):
     ranges = np.array([[1, 4], [5, 6]], np.float32)
     with pytest.raises(DatasetError, match="identity record 7 has range \\[5, 6\\).*gap or an overlap"):
-        identities.labels_from_ranges(ranges, 6, "x.rec")
+        identities.tile(ranges, 6, "x.rec")
 
 
 def test_damaged_identity_record_gives_one_line_and_exit_2(tmp_path):
@@ -142,7 +142,8 @@ def test_float32_bounds_past_2_pow_24_are_resolved_from_the_headers():
     a = 16_777_230
     starts = np.concatenate(([1], true_bounds)).astype(np.float32)
     ends = np.concatenate((true_bounds, [a])).astype(np.float32)
-    labels, windows = identities.labels_from_ranges(np.stack((starts, ends), 1), a, "x.rec")
+    tiling = identities.tile(np.stack((starts, ends), 1), a, "x.rec")
+    labels, windows = tiling.labels(), tiling.windows
     truth = np.repeat(np.arange(5), np.diff(np.concatenate(([1], true_bounds, [a]))))
     assert labels.size == truth.size == a - 1
     wrong = np.flatnonzero(labels != truth)

@@ -142,13 +142,6 @@ def uncertain(inner: np.ndarray, a: int, block: int = 1 << 20) -> np.ndarray:
     return Tiling(order, bounds, windows)
 
 
-def labels_from_ranges(ranges: np.ndarray, a: int, where: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(labels (a − 1,) int32 of images 1 … a − 1, windows: image indices whose class the ranges leave
-    open — bounds past 2**24 — to be read from the images' own headers)."""
-    t = tile(ranges, a, where)
-    return t.labels(), t.windows
-
-
 def exact_ranges(ranges: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(n, 2) int64 ranges with every non-empty identity's bounds taken from the exact labels."""
     out = ranges.astype(np.int64)
