@@ -37,6 +37,7 @@ from typing import List, Optional
 import mxnet as mx
 
 from pfc_mx.atomic import atomic_path
+from pfc_mx.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ class KernelBuildError(RuntimeError):
 
 def cache_dir() -> Path:
     """Folder of built libraries: $PFC_MX_CACHE/kernels, else ~/.cache/pfc_mx/kernels (XDG_CACHE_HOME honoured)."""
-    root = os.environ.get("PFC_MX_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pfc_mx"
-    return Path(root) / "kernels"
+    return cache_root() / "kernels"
 
 
 def _mxnet_root() -> Path:

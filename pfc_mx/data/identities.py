@@ -139,9 +139,6 @@ def uncertain(inner: np.ndarray, a: int, block: int = 1 << 20) -> np.ndarray:
     return np.unique(np.concatenate(found))
 
 
-    return Tiling(order, bounds, windows)
-
-
 def exact_ranges(ranges: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(n, 2) int64 ranges with every non-empty identity's bounds taken from the exact labels."""
     out = ranges.astype(np.int64)

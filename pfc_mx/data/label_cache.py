@@ -29,6 +29,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from pfc_mx.atomic import atomic_path
+from pfc_mx.cache import cache_root
 from pfc_mx.data.record_format import KeyRange, Keys
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,13 @@ def cache_dir() -> Path:
     """$PFC_MX_DATA_CACHE, else $PFC_MX_CACHE/labels, else ~/.cache/pfc_mx/labels (XDG_CACHE_HOME honoured)."""
     if os.environ.get("PFC_MX_DATA_CACHE"):
         return Path(os.environ["PFC_MX_DATA_CACHE"])
-    root = os.environ.get("PFC_MX_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pfc_mx"
-    return Path(root) / "labels"
+    return cache_root() / "labels"
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    """np.save into path atomically (a reader sees the old file or the whole new one)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
 
 
 def _index_key(idx: Path) -> str:
@@ -74,8 +80,7 @@ def store_index(idx: Path, keys: Keys, offsets: np.ndarray, digest: str) -> None
         base.parent.mkdir(parents=True, exist_ok=True)
         for suffix, arr in ((".offsets.npy", offsets), (".keys.npy", None if consecutive else keys)):
             if arr is not None:
-                with atomic_path(base.with_suffix(suffix)) as tmp, open(tmp, "wb") as f:
-                    np.save(f, np.ascontiguousarray(arr))
+                _save(base.with_suffix(suffix), np.ascontiguousarray(arr))
         with atomic_path(base.with_suffix(".json")) as tmp:  # last: its presence means the arrays are whole
             tmp.write_text(json.dumps(meta))
     except OSError as e:
@@ -116,9 +121,7 @@ def store(key: str, raw: np.ndarray) -> Optional[Path]:
     path = path_for(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, raw.astype(np.float32, copy=False))
+        _save(path, raw.astype(np.float32, copy=False))
     except OSError as e:
         log.warning("could not cache the labels in %s (%s): the next open scans the headers again", path, e)
         return None

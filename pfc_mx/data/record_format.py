@@ -57,7 +57,8 @@ class KeyRange:
                 raise IndexError(f"record {i} outside [0, {self.size})")
             return self.start + int(i) % self.size
         if isinstance(i, slice):
-            return np.arange(self.start, self.stop, dtype=np.int64)[i]
+            r = range(self.start, self.stop)[i]
+            return np.arange(r.start, r.stop, r.step, dtype=np.int64)
         return self.start + np.asarray(i, dtype=np.int64)
 
     def __array__(self, dtype=None) -> np.ndarray:
@@ -182,7 +183,7 @@ def read_record_at(fd: int, offset: int, file_size: int, where: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def check_index_covers(fd: int, keys: np.ndarray, offsets: np.ndarray, file_size: int, rec: Path,
+def check_index_covers(fd: int, keys: Keys, offsets: np.ndarray, file_size: int, rec: Path,
                        idx: Path) -> None:
     """DatasetError when the .rec and its index do not end together: a record the index lists runs past
     the end of the .rec (a truncated .rec), or the .rec holds data past the last one (a truncated .idx).
@@ -190,7 +191,8 @@ def check_index_covers(fd: int, keys: np.ndarray, offsets: np.ndarray, file_size
     The writer pads every record to 4 bytes, so the file ends within 3 bytes of the last record's payload.
     """
     last = int(np.argmax(offsets))
-    if offsets[last] >= file_size:  # a truncated .rec: the record that reaches past its end, or the first beyond
+    beyond = bool(offsets[last] >= file_size)  # records start past the end: a truncated .rec
+    if beyond:  # look at the last record that starts inside the file
         inside = np.flatnonzero(offsets < file_size)
         last = int(inside[np.argmax(offsets[inside])]) if inside.size else int(np.argmin(offsets))
     try:
@@ -198,8 +200,8 @@ def check_index_covers(fd: int, keys: np.ndarray, offsets: np.ndarray, file_size
     except DatasetError as e:
         raise DatasetError(f"{rec}: record {keys[last]} at byte {offsets[last]}: {str(e).split(': ', 1)[-1]}: "
                            "truncated .rec or wrong .idx")
-    past = np.flatnonzero(offsets >= file_size) if offsets[last] < offsets.max() else np.zeros(0, np.int64)
-    if end > file_size or past.size:
+    if end > file_size or beyond:
+        past = np.flatnonzero(offsets >= file_size)
         k = last if end > file_size else int(past[np.argmin(offsets[past])])
         how = "reaches beyond" if k == last else "lies beyond"
         raise DatasetError(f"{rec}: record {keys[k]} at byte {offsets[k]} {how} the end of the file "

@@ -154,7 +154,7 @@ class RecordDataset:
             return None
         a, b = float(label[0]), float(label[1])
         if not 1 <= a <= b:
-            raise DatasetError(f"{self.path}: header record 0 has image/identity bounds ({a:g}, {b:g}); "
+            raise DatasetError(f"{self.path}: header record 0 has image/identity bounds ({a:.0f}, {b:.0f}); "
                                "expected 1 <= a <= b")
         return a, b
 
@@ -256,14 +256,14 @@ class RecordDataset:
     def identity_ranges(self) -> np.ndarray:
         """(num_identities, 2) int64 image ranges [start, end) of the identity records (insightface only).
 
-        Exact past 2**24 images when the labels came from the identity records (the bounds are
-        where the labels change); otherwise the stored float32 values.
+        Exact past 2**24 images when the labels came from the identity records (or their cache: the
+        bounds are where the labels change); otherwise the stored float32 values.
         """
         a, b = self.identity_range
         if self.layout != "insightface" or b == a:
             return np.zeros((0, 2), np.int64)
         pairs = identities.read_ranges(self._map(), self._identity_offsets, a, b, str(self.path))
-        if pairs.max() < identities.EXACT or self.label_source != "identity records":
+        if pairs.max() < identities.EXACT or self.label_source == "header scan":  # else labels are the ranges
             return pairs.astype(np.int64)
         return identities.exact_ranges(pairs, self.labels)
 
