@@ -47,7 +47,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "pfc_kernels.cc"
 # -ffp-contract=off: the update rounds as MXNet's sgd_mom_update does (bit-identical rows).
 FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared", "-Wl,-Bsymbolic"]
 OPERATORS = ("pfc_gather_normalize", "pfc_margin_softmax", "pfc_softmax_loss", "pfc_softmax_scale",
-             "pfc_normalize_grad", "pfc_sparse_sgd", "pfc_prelu")
+             "pfc_normalize_grad", "pfc_sparse_sgd", "pfc_prelu", "pfc_batchnorm")
 
 _state = {"loaded": False, "reason": None}
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, Dict, Iterator, Optional
 
 import mxnet as mx
+from mxnet import autograd
 from mxnet.gluon import HybridBlock, nn
 
-from symbols import prelu
+from symbols import batchnorm, prelu
 
 MEAN, SCALE = 127.5, 0.0078125     # raw RGB 0..255 -> about [-1, 1]
 MXNET_DEFAULT_EPS = 1e-3           # mx.sym.BatchNorm's eps when a symbol passes none
@@ -26,9 +27,16 @@ def blocks(block: HybridBlock) -> Iterator[HybridBlock]:
         yield from blocks(child)
 
 
-def batch_norm(prefix: str, channels: int, bn_mom: float, bn_eps: float) -> nn.BatchNorm:
-    """BatchNorm over axis 1 with the legacy defaults (momentum 0.9, eps 2e-5) passed in."""
-    return nn.BatchNorm(momentum=bn_mom, epsilon=bn_eps, in_channels=channels, prefix=prefix)
+def batch_norm(prefix: str, channels: int, bn_mom: float, bn_eps: float, before_prelu: bool = False) -> nn.BatchNorm:
+    """BatchNorm over axis 1 with the legacy defaults (momentum 0.9, eps 2e-5) passed in.
+
+    before_prelu: its output feeds a PReLU, which keeps it for its backward anyway and reads MXNet's
+    plain layout: symbols.batchnorm's block, the fused kernel in training graphs on the CPU (elsewhere
+    the fused kernel would keep one more activation for its backward, and cost layout conversions
+    around oneDNN's convolutions).
+    """
+    cls = batchnorm.BatchNorm if before_prelu else nn.BatchNorm
+    return cls(momentum=bn_mom, epsilon=bn_eps, in_channels=channels, prefix=prefix)
 
 
 class NamedBatchNorm(nn.BatchNorm):
@@ -103,8 +111,10 @@ class Backbone(HybridBlock):
     `type(net)(**net.config)` builds the same network with the same parameter names.
     With fp16=True the body's weights are float16 (BatchNorm parameters stay float32,
     as in Gluon) and the output is still float32; MXNet runs float16 convolutions on GPUs only.
-    The hybridized graph runs the fused PReLU kernel on the CPU; exported files have the stock
-    operator (symbols.prelu).
+    The hybridized graph runs the fused PReLU kernel on the CPU, and while autograd trains the
+    fused BatchNorm too: a hybridized Backbone keeps one cached graph for calls made while autograd
+    trains and one for the others (symbols.batchnorm: the fused kernel normalises with the batch's
+    statistics only). Exported files have the stock operators.
     """
 
     def __init__(self, config: Dict[str, Any]):
@@ -120,19 +130,45 @@ class Backbone(HybridBlock):
 
     def _get_graph(self, *args):
         """HybridBlock's graph, built for the context of the input: the fused PReLU on the CPU
-        (symbols.prelu). Gluon calls this once per hybridization, with the first input's NDArrays."""
+        (symbols.prelu), and the fused BatchNorm when autograd trains (symbols.batchnorm). Gluon
+        calls this once per cached graph, with the first input's NDArrays."""
         if self._cached_graph:
             return self._cached_graph
         ctx = next((a.context for a in args if isinstance(a, mx.nd.NDArray)), mx.cpu())
-        with prelu.graph_for(ctx):
+        training = bool(autograd.is_training())
+        # both graphs of one hybridization get the kernels in force when the first was built
+        choices = getattr(self, "_graph_kernels", None) or (prelu.kernels(), batchnorm.kernels())
+        self._graph_kernels = choices
+        fused_bn = not self.fp16 and batchnorm.use_fused(ctx, choices[1])
+        self._graph_mode = training if fused_bn else None  # None: the graph serves both modes
+        with prelu.graph_for(ctx, choices[0]), batchnorm.graph_for(ctx, training and fused_bn, choices[1]):
             return super()._get_graph(*args)
 
+    def _call_cached_op(self, *args):
+        """HybridBlock's cached call, on the cached graph of the current autograd mode (training or
+        not) when the two differ: the other mode's graph, op and arguments are kept aside."""
+        mode = getattr(self, "_graph_mode", None)
+        training = bool(autograd.is_training())
+        if self._cached_op is not None and mode is not None and mode != training:
+            aside = getattr(self, "_graph_aside", {})
+            aside[mode] = (self._cached_graph, self._cached_op, self._cached_op_args)
+            self._cached_graph, self._cached_op, self._cached_op_args = aside.pop(training, ((), None, []))
+            self._graph_aside = aside
+            self._graph_mode = training
+        return super()._call_cached_op(*args)
+
+    def _clear_cached_op(self):
+        super()._clear_cached_op()
+        self._graph_aside = {}
+        self._graph_mode = None
+        self._graph_kernels = None
+
     def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
-        """HybridBlock.export with the stock PReLU in the symbol file (readable without our library)."""
+        """HybridBlock.export with the stock PReLU and BatchNorm in the symbol file (readable without our library)."""
         if not self._cached_graph:
             return super().export(path, epoch, remove_amp_cast)
         inputs, out = self._cached_graph
-        self._cached_graph = inputs, prelu.to_stock(out)
+        self._cached_graph = inputs, batchnorm.to_stock(prelu.to_stock(out))
         try:
             super().export(path, epoch, remove_amp_cast)
         finally:

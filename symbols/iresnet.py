@@ -52,7 +52,7 @@ class IRUnit(HybridBlock):
         with self.name_scope():
             self.bn1 = batch_norm("bn1_", in_channels, bn_mom, bn_eps)
             self.conv1 = _conv("conv1_", in_channels, channels, 3, 1)
-            self.bn2 = batch_norm("bn2_", channels, bn_mom, bn_eps)
+            self.bn2 = batch_norm("bn2_", channels, bn_mom, bn_eps, before_prelu=True)
             self.relu1 = PReLU(in_channels=channels, prefix="relu1_")
             self.conv2 = _conv("conv2_", channels, channels, 3, stride)
             self.bn3 = batch_norm("bn3_", channels, bn_mom, bn_eps)
@@ -82,7 +82,7 @@ class IResNet(Backbone):
                               stem_stride=stem_stride))
         body = nn.HybridSequential(prefix="")
         body.add(_conv("conv0_", 3, channels[0], 3, stem_stride),
-                 batch_norm("bn0_", channels[0], bn_mom, bn_eps),
+                 batch_norm("bn0_", channels[0], bn_mom, bn_eps, before_prelu=True),
                  PReLU(in_channels=channels[0], prefix="relu0_"))
         in_channels, size = channels[0], (input_size - 1) // stem_stride + 1
         for i, (n, c) in enumerate(zip(units, channels), start=1):

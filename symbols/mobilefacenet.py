@@ -47,7 +47,7 @@ def conv_block(prefix: str, in_channels: int, channels: int, kernel: int, stride
                             groups=groups, use_bias=False, in_channels=in_channels, prefix="conv2d_"))
         if flatten:
             block.add(nn.HybridLambda(lambda F, x: F.reshape(F.flatten(x), (0, 0, 1, 1)), prefix="plain_"))
-        block.add(batch_norm("batchnorm_", channels, bn_mom, bn_eps))
+        block.add(batch_norm("batchnorm_", channels, bn_mom, bn_eps, before_prelu=act))
         if act:
             block.add(PReLU(in_channels=channels, prefix="relu_"))
     return block

@@ -55,9 +55,10 @@ def kernels() -> str:
     return value
 
 
-def use_fused(ctx: mx.Context) -> bool:
-    """Whether a graph for ctx gets the fused kernel; raises when 'fused' is asked for and impossible."""
-    choice = kernels()
+def use_fused(ctx: mx.Context, choice: Optional[str] = None) -> bool:
+    """Whether a graph for ctx gets the fused kernel (choice: kernels() by default); raises when
+    'fused' is asked for and impossible."""
+    choice = choice or kernels()
     if choice == "stock" or (choice == "auto" and ctx.device_type != "cpu"):
         return False
     if ctx.device_type != "cpu":
@@ -70,10 +71,10 @@ def use_fused(ctx: mx.Context) -> bool:
 
 
 @contextlib.contextmanager
-def graph_for(ctx: mx.Context) -> Iterator[None]:
+def graph_for(ctx: mx.Context, choice: Optional[str] = None) -> Iterator[None]:
     """Within: PReLU blocks called on symbols build the graph for ctx (fused kernel where use_fused)."""
     previous = getattr(_building, "fused", False)
-    _building.fused = use_fused(ctx)
+    _building.fused = use_fused(ctx, choice)
     try:
         yield
     finally:

@@ -8,10 +8,13 @@ import bench_backbone  # tools/bench_backbone.py (pytest's pythonpath)
 
 def test_tiny_benchmark_compares_both_prelu_kernels_in_one_table(capsys):
     assert bench_backbone.main(["--backbone", "iresnet_tiny", "--batch", "2", "--threads", "1", "--steps", "1",
-                                "--prelu", "stock,fused", "--dim", "8"]) == 0
+                                "--prelu", "stock,fused", "--bn", "stock,fused", "--dim", "8"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\| iresnet_tiny \| 2 \| 1 \|", line)]
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
-    assert [c[3] for c in cells] == ["stock", "fused"]
+    assert [(c[3], c[4]) for c in cells] == [("stock", "stock"), ("fused", "stock"), ("stock", "fused"),
+                                             ("fused", "fused")]
+    assert float(cells[0][8]) == 1.0  # base / this: the first row is its own reference
+    cells = [c[:4] + c[5:] for c in cells]  # the columns after the BatchNorm kernel, as below
     for c in cells:
         step, floor, ratio = float(c[4]), float(c[5]), float(c[6])
         assert step > 0 and floor > 0 and ratio > 0  # (two decimals each: the ratio is not recomputable)
@@ -21,7 +24,6 @@ def test_tiny_benchmark_compares_both_prelu_kernels_in_one_table(capsys):
         assert 0 <= float(c[15]) <= 100  # PReLU's share of the profiled step, in %
         peak, after_imports, params = float(c[19]), float(c[20]), float(c[21])
         assert peak >= after_imports > 0 and params >= 0 and int(c[22]) == 1
-    assert float(cells[0][7]) == 1.0  # stock / this: the stock row is its own reference
 
 
 def test_family_names_cover_both_kernels_and_the_optimizer():
@@ -29,6 +31,8 @@ def test_family_names_cover_both_kernels_and_the_optimizer():
                                        "multi_sgd_mom_update": 125.0, "elemwise_add": 100.0})
     assert seconds["conv_fwd"] == 1.0 and seconds["prelu_bwd"] == 0.5 and seconds["prelu_fwd"] == 0.25
     assert seconds["optimizer"] == 0.125 and seconds["other"] == 0.1 and seconds["batchnorm"] == 0.0
+    seconds = bench_backbone.families({"pfc_batchnorm": 300.0, "_backward_pfc_batchnorm": 200.0, "BatchNorm": 100.0})
+    assert seconds["batchnorm"] == 0.6
 
 
 def test_bad_arguments_are_one_line_errors_before_any_run(capsys):
@@ -36,6 +40,7 @@ def test_bad_arguments_are_one_line_errors_before_any_run(capsys):
 
     for argv, message in [(["--prelu", "fast"], "--prelu must be among stock, fused"),
                           (["--backbone", "resnet9"], "--backbone: unknown ['resnet9']"),
-                          (["--batch", "0"], "--batch must be positive integers, got [0]")]:
+                          (["--batch", "0"], "--batch must be positive integers, got [0]"),
+                          (["--bn", "fast"], "--bn must be among stock, fused")]:
         assert run_cli(bench_backbone.main, argv) == 2
         assert message in capsys.readouterr().err

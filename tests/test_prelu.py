@@ -15,7 +15,7 @@ from mxnet import autograd
 
 import symbols
 from pfc_mx import kernels
-from symbols import prelu
+from symbols import batchnorm, prelu
 
 ROOT = Path(__file__).resolve().parents[1]
 # (shape of x, slopes): odd sizes, one shared slope, 2-D and 3-D inputs
@@ -97,8 +97,10 @@ def test_bad_shapes_are_errors_naming_the_operator():
 
 def twins(name: str, imperative: bool = False):
     """Copies of one initialised backbone, hybridized with the stock PReLU and with the fused one
-    (and, if asked, a third one not hybridized: stock operators run one by one)."""
+    (and, if asked, a third one not hybridized: stock operators run one by one); MXNet's BatchNorm in
+    all (tests/test_batchnorm.py compares the fused one)."""
     nets = []
+    batchnorm.set_kernels("stock")  # in force at the first graph of each: their training graphs too
     for choice in ("stock", "fused") + (("imperative",) if imperative else ()):
         prelu.set_kernels("stock" if choice == "imperative" else choice)
         net = symbols.get_model(name, embedding_size=16)
@@ -112,6 +114,7 @@ def twins(name: str, imperative: bool = False):
         assert prelu.fused_in(net) == (choice == "fused")
         nets.append(net)
     prelu.set_kernels(None)
+    batchnorm.set_kernels(None)
     for p in nets[0].collect_params().values():  # slopes of both signs, as trained nets have
         if p.name.endswith("_alpha"):
             p.set_data(mx.nd.array(np.random.default_rng(1).uniform(-0.2, 0.6, p.shape)))

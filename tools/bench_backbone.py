@@ -1,8 +1,8 @@
 """Backbone training step on the CPU: time per operator family, the step against its convolutions, peak memory.
 
-    python tools/bench_backbone.py [--backbone iresnet50] [--batch 32] [--threads 2] [--steps 2] [--prelu stock,fused]
+    python tools/bench_backbone.py [--backbone iresnet50] [--batch 32] [--threads 2] [--steps 2] [--prelu stock,fused] [--bn fused]
 
-For every (backbone, batch, threads, PReLU kernel) a fresh process (OMP_NUM_THREADS = threads,
+For every (backbone, batch, threads, PReLU kernel, BatchNorm kernel) a fresh process (OMP_NUM_THREADS = threads,
 MXNET_EXEC_BULK_EXEC_TRAIN=0 so that the profiler sees every operator) measures:
 
 - step: one training step of the hybridized backbone (static_alloc, static_shape, as training runs
@@ -23,6 +23,9 @@ MXNET_EXEC_BULK_EXEC_TRAIN=0 so that the profiler sees every operator) measures:
 
 --prelu picks the PReLU kernel of the backbone (symbols.prelu): stock (MXNet's LeakyReLU
 'prelu') or fused (pfc_mx.kernels' pfc_prelu); giving both compares them side by side.
+--bn picks the BatchNorm kernel of the training graph (symbols.batchnorm): stock (MXNet's
+BatchNorm, oneDNN's) or fused (pfc_mx.kernels' pfc_batchnorm). `base / this` in the table: the
+step of the first configuration with the same backbone, batch and threads over this one's.
 Prints one line per configuration on stderr as it finishes and one markdown table at the end.
 """
 from __future__ import annotations
@@ -44,13 +47,14 @@ from pfc_mx.proc_memory import reset_peak_rss, status_kib
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 PRELU_KERNELS = ("stock", "fused")
+BN_KERNELS = ("stock", "fused")
 # operator family -> MXNet profiler names (the optimizer: any name with "sgd"; the rest: other)
 FAMILIES = {
     "conv_fwd": ("Convolution",),
     "conv_bwd": ("_backward_Convolution",),
     "prelu_fwd": ("LeakyReLU", "pfc_prelu"),
     "prelu_bwd": ("_backward_LeakyReLU", "_backward_pfc_prelu"),
-    "batchnorm": ("BatchNorm", "_backward_BatchNorm"),
+    "batchnorm": ("BatchNorm", "_backward_BatchNorm", "pfc_batchnorm", "_backward_pfc_batchnorm"),
 }
 
 
@@ -133,10 +137,11 @@ def worker(args: argparse.Namespace) -> None:
     from mxnet import autograd, gluon
 
     import symbols
-    from symbols import prelu
+    from symbols import batchnorm, prelu
 
-    name, batch, kernel = args.backbone[0], args.batch[0], args.prelu[0]
+    name, batch, kernel, bn = args.backbone[0], args.batch[0], args.prelu[0], args.bn[0]
     prelu.set_kernels(kernel)
+    batchnorm.set_kernels(bn)
     rss0 = status_kib("VmRSS")
     reset_peak_rss()
     net = symbols.get_model(name, embedding_size=args.dim)
@@ -166,6 +171,8 @@ def worker(args: argparse.Namespace) -> None:
     used = prelu.fused_in(net)
     if used != (kernel == "fused"):
         raise RuntimeError(f"asked for the {kernel} PReLU, but the graph has {'fused' if used else 'stock'}")
+    if batchnorm.fused_in(net) != (bn == "fused"):
+        raise RuntimeError(f"asked for the {bn} BatchNorm, but the training graph has the other")
     layers = conv_floor(convs)
     floor_step(layers)
     steps, floors = [], []
@@ -179,17 +186,18 @@ def worker(args: argparse.Namespace) -> None:
         mx.profiler.set_state("stop")
         stats = json.loads(mx.profiler.dumps(reset=True, format="json"))
     operator_ms = {op: v["Total"] for op, v in stats.get("Time", {}).get("operator", {}).items()}
-    result = {"backbone": name, "batch": batch, "threads": args.threads[0], "prelu": kernel,
+    result = {"backbone": name, "batch": batch, "threads": args.threads[0], "prelu": kernel, "bn": bn,
               "step_s": float(np.mean(steps)), "floor_s": float(np.mean(floors)),
               "profiled_s": profiled, "families": families(operator_ms), "peak_bytes": peak,
               "after_imports_bytes": rss0 * 1024, "params_bytes": params_bytes, "steps": args.steps}
     Path(args.out, "result.json").write_text(json.dumps(result))
 
 
-def launch(backbone: str, batch: int, threads: int, kernel: str, args: argparse.Namespace, out: Path) -> Dict:
+def launch(backbone: str, batch: int, threads: int, kernel: str, bn: str, args: argparse.Namespace,
+           out: Path) -> Dict:
     """Run one configuration in a fresh process; return its result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backbone", backbone, "--batch", str(batch),
-           "--threads", str(threads), "--prelu", kernel, "--steps", str(args.steps), "--dim", str(args.dim),
+           "--threads", str(threads), "--prelu", kernel, "--bn", bn, "--steps", str(args.steps), "--dim", str(args.dim),
            "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MXNET_EXEC_BULK_EXEC_TRAIN": "0",
            "PYTHONPATH": str(ROOT)}
@@ -202,24 +210,27 @@ def launch(backbone: str, batch: int, threads: int, kernel: str, args: argparse.
 def line(r: Dict) -> str:
     """The one-line summary of a configuration."""
     f = r["families"]
-    return (f"{r['backbone']} batch {r['batch']} threads {r['threads']} prelu {r['prelu']}: step {r['step_s']:.2f} s, "
+    return (f"{r['backbone']} batch {r['batch']} threads {r['threads']} prelu {r['prelu']} bn {r['bn']}: step {r['step_s']:.2f} s, "
             f"floor {r['floor_s']:.2f} s ({r['step_s'] / r['floor_s']:.2f}x), PReLU "
             f"{100 * (f['prelu_fwd'] + f['prelu_bwd']) / r['profiled_s']:.1f} % of the profiled step, "
             f"peak {r['peak_bytes'] / MIB:.0f} MiB, {r['batch'] / r['step_s']:.1f} images/s")
 
 
 def table(rows: List[Dict]) -> str:
-    """Markdown table, one line per configuration; `stock / this`: the stock PReLU's step over this one."""
-    head = ("| backbone | batch | threads | PReLU | step s | conv floor s | step / floor | stock / this | images/s | "
+    """Markdown table, one line per configuration; `base / this`: the step of the first configuration with
+    the same backbone, batch and threads over this one's."""
+    head = ("| backbone | batch | threads | PReLU | BatchNorm | step s | conv floor s | step / floor | base / this | images/s | "
             "profiled step s | conv fwd s | conv bwd s | profiled / its convs | PReLU fwd s | PReLU bwd s | PReLU % | "
             "BatchNorm s | optimizer s | other s | peak MiB | after imports MiB | params MiB | timed steps |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    stock = {(r["backbone"], r["batch"], r["threads"]): r["step_s"] for r in rows if r["prelu"] == "stock"}
+    stock: Dict[tuple, float] = {}
+    for r in rows:
+        stock.setdefault((r["backbone"], r["batch"], r["threads"]), r["step_s"])
     for r in rows:
         f = r["families"]
         base = stock.get((r["backbone"], r["batch"], r["threads"]))
         lines.append(
-            f"| {r['backbone']} | {r['batch']} | {r['threads']} | {r['prelu']} | {r['step_s']:.3f} | "
+            f"| {r['backbone']} | {r['batch']} | {r['threads']} | {r['prelu']} | {r['bn']} | {r['step_s']:.3f} | "
             f"{r['floor_s']:.3f} | {r['step_s'] / r['floor_s']:.2f} | "
             f"{(base / r['step_s']) if base else float('nan'):.2f} | {r['batch'] / r['step_s']:.1f} | "
             f"{r['profiled_s']:.3f} | {f['conv_fwd']:.3f} | {f['conv_bwd']:.3f} | "
@@ -245,6 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", type=_ints, default=[os.cpu_count() or 1], help="comma-separated thread counts")
     p.add_argument("--prelu", type=_names, default=list(PRELU_KERNELS),
                    help=f"comma-separated PReLU kernels ({', '.join(PRELU_KERNELS)})")
+    p.add_argument("--bn", type=_names, default=["fused"],
+                   help=f"comma-separated BatchNorm kernels of the training graph ({', '.join(BN_KERNELS)})")
     p.add_argument("--steps", type=int, default=2, help="timed steps (and floor runs) after one warm-up step")
     p.add_argument("--dim", type=int, default=512, help="embedding size")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -264,15 +277,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise ConfigError(f"--backbone: unknown {unknown}; valid names: {', '.join(symbols.list_models())}")
     if not args.prelu or any(k not in PRELU_KERNELS for k in args.prelu):
         raise ConfigError(f"--prelu must be among {', '.join(PRELU_KERNELS)}, got {args.prelu}")
+    if not args.bn or any(k not in BN_KERNELS for k in args.bn):
+        raise ConfigError(f"--bn must be among {', '.join(BN_KERNELS)}, got {args.bn}")
     command = "python tools/bench_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     for backbone in args.backbone:
         for batch in args.batch:
             for threads in args.threads:
-                for kernel in args.prelu:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        rows.append(launch(backbone, batch, threads, kernel, args, Path(tmp)))
-                    print(line(rows[-1]), file=sys.stderr, flush=True)
+                for bn in args.bn:
+                    for kernel in args.prelu:
+                        with tempfile.TemporaryDirectory() as tmp:
+                            rows.append(launch(backbone, batch, threads, kernel, bn, args, Path(tmp)))
+                        print(line(rows[-1]), file=sys.stderr, flush=True)
     print(f"command: {command.strip()}\n")
     print(table(rows))
     return 0

@@ -658,6 +658,210 @@ MXReturnValue prelu_shape(const Attrs&, Shapes* in, Shapes* out) {
   return mxnet::ext::MX_SUCCESS;
 }
 
+// ---------------------------------------------------------------- batchnorm
+// MXNet's training-mode BatchNorm over axis 1 (symbols/batchnorm.py runs it only where autograd
+// trains: a library operator is not told whether it does). Per channel c, over the batch and the
+// spatial axes (n elements): mean, biased variance var, invstd = 1 / sqrt(var + eps) rounded as
+// MXNet does; y = (x - mean) * (gamma / sqrt(var + eps)) + beta, gamma read as 1 with fix_gamma.
+// Outputs y, mean, invstd. The moving statistics (inputs 3 and 4, declared mutable) are updated in
+// the forward with MXNet's rule and roundings: moving = moving * momentum + batch * (1 - momentum)
+// in float, the batch variance recovered from invstd as MXNet does (1 / invstd^2 - eps). MXNet's
+// CPU BatchNorm updates them in its backward instead, which a library operator cannot (its backward
+// may not declare them written, and readers would race with it): the same values whenever a
+// backward follows the forward, as in training.
+// The sums: float over blocks of kSlopeBlock elements, the blocks in double; the variance from
+// the sums of x - x[0, c, 0] and its square (the shift keeps the two sums from cancelling).
+// One parallel loop over the (b, c) planes per pass (schedule dynamic) and no barrier inside a
+// pass: oneDNN's BatchNorm synchronises its threads inside the pass, and a thread that waits for a
+// descheduled partner there costs a scheduler time slice on a shared machine (docs/performance.md).
+double attr_double(const Attrs& attrs, const char* key, double fallback) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) return fallback;
+  const char* text = it->second.c_str();
+  char* end = nullptr;
+  const double value = std::strtod(text, &end);
+  while (end != nullptr && *end == ' ') ++end;
+  const bool whole = end != text && end != nullptr && *end == '\0';
+  return whole && std::isfinite(value) ? value : std::numeric_limits<double>::quiet_NaN();
+}
+
+struct BnAttrs {
+  double eps;
+  float momentum;
+  bool fix_gamma;
+};
+
+bool bn_attrs(const Attrs& attrs, BnAttrs* a) {
+  a->eps = attr_double(attrs, "eps", 1e-3);
+  a->momentum = attr_float(attrs, "momentum", 0.9f);
+  a->fix_gamma = attr_flag(attrs, "fix_gamma");
+  if (!std::isfinite(a->eps) || a->eps <= 0.0 || !std::isfinite(a->momentum)) {
+    fail("pfc_batchnorm: eps must be a positive number and momentum a finite one");
+    return false;
+  }
+  return true;
+}
+
+// Sums over each plane p of f(k) for k in the plane, float blocks then double: out[p] (two sums)
+template <typename F>
+void plane_sums(const Planes& pl, double* s1, double* s2, F f) {
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads_for(pl.count * pl.size))
+  for (int64_t p = 0; p < pl.count; ++p) {
+    const int64_t base = p * pl.size;
+    double a1 = 0.0, a2 = 0.0;
+    for (int64_t lo = 0; lo < pl.size; lo += kSlopeBlock) {
+      const int64_t hi = std::min(lo + kSlopeBlock, pl.size);
+      float b1 = 0.0f, b2 = 0.0f;
+#pragma omp simd reduction(+ : b1, b2)
+      for (int64_t k = base + lo; k < base + hi; ++k) {
+        float u, v;
+        f(k, p, &u, &v);
+        b1 += u;
+        b2 += v;
+      }
+      a1 += b1;
+      a2 += b2;
+    }
+    s1[p] = a1;
+    s2[p] = a2;
+  }
+}
+
+// per channel: the planes' sums added in batch order
+void channel_sums(const Planes& pl, const std::vector<double>& planes, std::vector<double>* channels) {
+  channels->assign(pl.channels, 0.0);
+  for (int64_t p = 0; p < pl.count; ++p) (*channels)[p % pl.channels] += planes[p];
+}
+
+MXReturnValue batchnorm_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                const OpResource&) {
+  BnAttrs a;
+  if (!bn_attrs(attrs, &a)) return mxnet::ext::MX_FAIL;
+  const Planes pl = planes_of((*in)[0]);
+  const int64_t c = pl.channels;
+  const float* x = (*in)[0].data<float>();
+  const float* gamma = (*in)[1].data<float>();
+  const float* beta = (*in)[2].data<float>();
+  float* moving_mean = (*in)[3].data<float>();
+  float* moving_var = (*in)[4].data<float>();
+  float* y = (*out)[0].data<float>();
+  float* mean = (*out)[1].data<float>();
+  float* invstd = (*out)[2].data<float>();
+  const double n = static_cast<double>(pl.count / c) * static_cast<double>(pl.size);
+  if (n == 0) return fail("pfc_batchnorm: x has no elements per channel");
+  std::vector<float> shift(c);
+  for (int64_t ch = 0; ch < c; ++ch) shift[ch] = x[ch * pl.size];
+  std::vector<double> s1(pl.count), s2(pl.count), c1, c2;
+  const float* sh = shift.data();
+  plane_sums(pl, s1.data(), s2.data(), [=](int64_t k, int64_t p, float* u, float* v) {
+    const float d = x[k] - sh[p % c];
+    *u = d;
+    *v = d * d;
+  });
+  channel_sums(pl, s1, &c1);
+  channel_sums(pl, s2, &c2);
+  std::vector<float> scale(c), center(c);
+  const float eps = static_cast<float>(a.eps);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const double m = c1[ch] / n;
+    const float var = static_cast<float>(std::max(0.0, c2[ch] / n - m * m));
+    mean[ch] = static_cast<float>(shift[ch] + m);
+    invstd[ch] = static_cast<float>(1.0 / std::sqrt(var + eps));  // MXNet's VARIANCE_TO_INVSTD
+    const double g = a.fix_gamma ? 1.0 : gamma[ch];
+    const float minus_mom = 1.0f - a.momentum;
+    const float variance = static_cast<float>(1.0 / (invstd[ch] * invstd[ch]) - a.eps);
+    moving_mean[ch] = moving_mean[ch] * a.momentum + mean[ch] * minus_mom;
+    moving_var[ch] = moving_var[ch] * a.momentum + variance * minus_mom;
+    scale[ch] = static_cast<float>(g / std::sqrt(static_cast<double>(var) + a.eps));
+    center[ch] = mean[ch];
+  }
+  const float* sc = scale.data();
+  const float* ce = center.data();
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads_for(pl.count * pl.size))
+  for (int64_t p = 0; p < pl.count; ++p) {
+    const int64_t ch = p % c;
+    const float s = sc[ch], m = ce[ch], b = beta[ch];
+    const float* xp = x + p * pl.size;
+    float* yp = y + p * pl.size;
+#pragma omp simd
+    for (int64_t k = 0; k < pl.size; ++k) yp[k] = (xp[k] - m) * s + b;
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// Backward inputs: dy, dmean, dinvstd, x, gamma, beta, moving_mean, moving_var, y, mean, invstd;
+// outputs dx, dgamma, dbeta (and the moving statistics' gradients: none, left unwritten).
+// With k = gamma * invstd: dbeta = sum dy, dgamma = invstd * sum dy (x - mean) (0 with fix_gamma),
+// dx = k (dy - dbeta / n - (x - mean) invstd^2 sum dy (x - mean) / n).
+MXReturnValue batchnorm_backward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                                 const OpResource&) {
+  BnAttrs a;
+  if (!bn_attrs(attrs, &a)) return mxnet::ext::MX_FAIL;
+  const Planes pl = planes_of((*in)[3]);
+  const int64_t c = pl.channels;
+  const float* dy = (*in)[0].data<float>();
+  const float* x = (*in)[3].data<float>();
+  const float* gamma = (*in)[4].data<float>();
+  const float* mean = (*in)[9].data<float>();
+  const float* invstd = (*in)[10].data<float>();
+  float* dx = (*out)[0].data<float>();
+  float* dgamma = (*out)[1].data<float>();
+  float* dbeta = (*out)[2].data<float>();
+  const double n = static_cast<double>(pl.count / c) * static_cast<double>(pl.size);
+  std::vector<double> s1(pl.count), s2(pl.count), c1, c2;
+  plane_sums(pl, s1.data(), s2.data(), [=](int64_t k, int64_t p, float* u, float* v) {
+    *u = dy[k];
+    *v = dy[k] * (x[k] - mean[p % c]);
+  });
+  channel_sums(pl, s1, &c1);
+  channel_sums(pl, s2, &c2);
+  std::vector<float> ka(c), kb(c), kc(c);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const double is = invstd[ch];
+    const double k = (a.fix_gamma ? 1.0 : gamma[ch]) * is;
+    ka[ch] = static_cast<float>(k);
+    kb[ch] = static_cast<float>(k * c1[ch] / n);
+    kc[ch] = static_cast<float>(k * is * is * c2[ch] / n);
+    if (dbeta != nullptr) dbeta[ch] = static_cast<float>(c1[ch]);
+    if (dgamma != nullptr) dgamma[ch] = a.fix_gamma ? 0.0f : static_cast<float>(c2[ch] * is);
+  }
+  if (dx != nullptr) {
+    const float *pa = ka.data(), *pb = kb.data(), *pc = kc.data();
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads_for(pl.count * pl.size))
+    for (int64_t p = 0; p < pl.count; ++p) {
+      const int64_t ch = p % c;
+      const float ak = pa[ch], bk = pb[ch], ck = pc[ch], m = mean[ch];
+      const float* xp = x + p * pl.size;
+      const float* dyp = dy + p * pl.size;
+      float* dxp = dx + p * pl.size;
+#pragma omp simd
+      for (int64_t k = 0; k < pl.size; ++k) dxp[k] = ak * dyp[k] - bk - (xp[k] - m) * ck;
+    }
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue batchnorm_shape(const Attrs&, Shapes* in, Shapes* out) {
+  const auto& x = (*in)[0];
+  if (x.size() < 2) return fail("pfc_batchnorm: x must be (B, C, ...) with at least 2 axes");
+  const std::vector<unsigned> per_channel{x[1]};
+  for (size_t k = 1; k < 5; ++k) {
+    if ((*in)[k].empty()) (*in)[k] = per_channel;
+    if ((*in)[k] != per_channel)
+      return fail("pfc_batchnorm: gamma, beta, moving_mean, moving_var must be (C,) = (" + std::to_string(x[1]) + ",)");
+  }
+  (*out)[0] = x;
+  (*out)[1] = per_channel;
+  (*out)[2] = per_channel;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue mutate_moving(const Attrs&, std::vector<int>* inputs) {
+  inputs->push_back(3);
+  inputs->push_back(4);
+  return mxnet::ext::MX_SUCCESS;
+}
+
 // ---------------------------------------------------------------- registration helpers
 template <int In, int Out>
 MXReturnValue parse_counts(const Attrs&, int* num_in, int* num_out) {
@@ -686,6 +890,7 @@ constexpr char kSigScale[] = "ffffffi";
 constexpr char kSigNormGrad[] = "fff";
 constexpr char kSigSgd[] = "fffiffif";
 constexpr char kSigPrelu[] = "ff";
+constexpr char kSigBatchnorm[] = "fffff";
 
 }  // namespace
 
@@ -732,6 +937,14 @@ REGISTER_OP(pfc_prelu)
     .setInferShape(prelu_shape)
     .setForward(prelu_forward, "cpu")
     .setBackward(prelu_backward, "cpu");
+
+REGISTER_OP(pfc_batchnorm)
+    .setParseAttrs(parse_counts<5, 3>)
+    .setInferType(check_types<kSigBatchnorm>)
+    .setInferShape(batchnorm_shape)
+    .setMutateInputs(mutate_moving)
+    .setForward(batchnorm_forward, "cpu")
+    .setBackward(batchnorm_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   if (version >= 10900) return mxnet::ext::MX_SUCCESS;
