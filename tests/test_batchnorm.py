@@ -303,3 +303,15 @@ def test_the_kernels_in_force_at_the_first_graph_hold_for_both():
     with autograd.record():  # the training graph, built now
         net(mx.nd.zeros((1, 3, 112, 112)))
     assert batchnorm.fused_in(net) and not prelu.fused_in(net)
+
+
+@pytest.mark.dist
+def test_two_ranks_average_the_fused_batchnorms_statistics_as_one_process(tmp_path):
+    """Horovod's averaging of the running statistics (pfc_mx.train.sync) after a step with pfc_batchnorm."""
+    from tests.dist_cases.training import fused_backbone, stats_of
+    from tests.ranks import run_ranks
+
+    expected = np.mean([stats_of(fused_backbone(r)[0]) for r in range(2)], axis=0)
+    for res in run_ranks("fused_backbone_sync", tmp_path):
+        assert bool(res["fused"])
+        np.testing.assert_allclose(res["stats"], expected, rtol=1e-5, atol=1e-6)
