@@ -1,4 +1,4 @@
-"""Fused CPU kernels of the Partial FC head and the backbones' PReLU: build, cache and load the MXNet extension library.
+"""Fused CPU kernels of the Partial FC head and the backbones' PReLU and BatchNorm: build, cache and load the MXNet extension library.
 
     from pfc_mx import kernels
     if kernels.load():            # True once mx.nd.pfc_* exist in this process
@@ -18,7 +18,7 @@ processors divided by the ranks on the host (HOROVOD_LOCAL_SIZE). Ranks
 starting together build once: the first takes a file lock, the others wait and
 load its result. Without a compiler ``load()`` returns False with the reason in
 ``unavailable_reason()``, and PartialFC and the backbones' PReLU (symbols.prelu)
-fall back to stock MXNet operators (same results, slower).
+and BatchNorm (symbols.batchnorm) fall back to stock MXNet operators (same results, slower).
 """
 from __future__ import annotations
 

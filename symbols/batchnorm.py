@@ -86,7 +86,7 @@ def graph_for(ctx: mx.Context, training: bool, choice: Optional[str] = None) -> 
 
 
 class BatchNorm(nn.BatchNorm):
-    """nn.BatchNorm (same parameters, same numbers) that runs pfc_batchnorm inside training graphs built by graph_for."""
+    """nn.BatchNorm (same parameters, same numbers) running pfc_batchnorm in training graphs built by graph_for."""
 
     def _fusable(self) -> bool:
         k = self._kwargs

@@ -150,7 +150,7 @@ def test_ill_conditioned_input_gradient_is_closer_to_float64_than_mxnets():
 
 
 def twins(name: str = "iresnet_tiny"):
-    """Two copies of one initialised backbone, hybridized, whose training graphs have the stock and the fused BatchNorm."""
+    """Two copies of one initialised backbone, hybridized; training graphs with the stock and the fused BatchNorm."""
     nets = []
     for choice in ("stock", "fused"):
         batchnorm.set_kernels(choice)

@@ -1,6 +1,7 @@
 """Backbone training step on the CPU: time per operator family, the step against its convolutions, peak memory.
 
-    python tools/bench_backbone.py [--backbone iresnet50] [--batch 32] [--threads 2] [--steps 2] [--prelu stock,fused] [--bn fused]
+    python tools/bench_backbone.py [--backbone iresnet50] [--batch 32] [--threads 2] [--steps 2] [--prelu stock,fused]
+                                   [--bn stock,fused]
 
 For every (backbone, batch, threads, PReLU kernel, BatchNorm kernel) a fresh process (OMP_NUM_THREADS = threads,
 MXNET_EXEC_BULK_EXEC_TRAIN=0 so that the profiler sees every operator) measures:
@@ -210,7 +211,8 @@ def launch(backbone: str, batch: int, threads: int, kernel: str, bn: str, args: 
 def line(r: Dict) -> str:
     """The one-line summary of a configuration."""
     f = r["families"]
-    return (f"{r['backbone']} batch {r['batch']} threads {r['threads']} prelu {r['prelu']} bn {r['bn']}: step {r['step_s']:.2f} s, "
+    return (f"{r['backbone']} batch {r['batch']} threads {r['threads']} prelu {r['prelu']} bn {r['bn']}: "
+            f"step {r['step_s']:.2f} s, "
             f"floor {r['floor_s']:.2f} s ({r['step_s'] / r['floor_s']:.2f}x), PReLU "
             f"{100 * (f['prelu_fwd'] + f['prelu_bwd']) / r['profiled_s']:.1f} % of the profiled step, "
             f"peak {r['peak_bytes'] / MIB:.0f} MiB, {r['batch'] / r['step_s']:.1f} images/s")
@@ -219,7 +221,8 @@ def line(r: Dict) -> str:
 def table(rows: List[Dict]) -> str:
     """Markdown table, one line per configuration; `base / this`: the step of the first configuration with
     the same backbone, batch and threads over this one's."""
-    head = ("| backbone | batch | threads | PReLU | BatchNorm | step s | conv floor s | step / floor | base / this | images/s | "
+    head = ("| backbone | batch | threads | PReLU | BatchNorm | step s | conv floor s | step / floor | base / this | "
+            "images/s | "
             "profiled step s | conv fwd s | conv bwd s | profiled / its convs | PReLU fwd s | PReLU bwd s | PReLU % | "
             "BatchNorm s | optimizer s | other s | peak MiB | after imports MiB | params MiB | timed steps |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -230,7 +233,8 @@ def table(rows: List[Dict]) -> str:
         f = r["families"]
         base = stock.get((r["backbone"], r["batch"], r["threads"]))
         lines.append(
-            f"| {r['backbone']} | {r['batch']} | {r['threads']} | {r['prelu']} | {r['bn']} | {r['step_s']:.3f} | "
+            f"| {r['backbone']} | {r['batch']} | {r['threads']} | {r['prelu']} | {r['bn']} | "
+            f"{r['step_s']:.3f} | "
             f"{r['floor_s']:.3f} | {r['step_s'] / r['floor_s']:.2f} | "
             f"{(base / r['step_s']) if base else float('nan'):.2f} | {r['batch'] / r['step_s']:.1f} | "
             f"{r['profiled_s']:.3f} | {f['conv_fwd']:.3f} | {f['conv_bwd']:.3f} | "

@@ -1,4 +1,4 @@
-// Fused CPU kernels of the Partial FC head and the backbones' PReLU, loaded into MXNet as an extension library.
+// Fused CPU kernels of the Partial FC head and the backbones' PReLU and BatchNorm, loaded into MXNet as an extension library.
 //
 // Each operator replaces several stock operators that each make one pass over
 // an (N, S) or (S, D) array: reading the data once instead of three or four
@@ -36,7 +36,7 @@
 //       MXNet's sgd_mom_update: mom = momentum mom - lr wd w - lr g; w = w + mom (mom updated in place),
 //       or with momentum 0 its sgd_update: w = (1 - lr wd) w - lr g (mom untouched).
 //
-// And one operator of the backbones (symbols/prelu.py), with its backward:
+// And two operators of the backbones (symbols/prelu.py, symbols/batchnorm.py), with their backward:
 //   pfc_prelu(x (B,C,...), alpha (C,) or (1,)) -> y (B,C,...): y = x > 0 ? x : x * alpha[c], MXNet's
 //       LeakyReLU(act_type='prelu') bit for bit. Backward (inputs dy, x, alpha, y) -> dx, dalpha:
 //       dx = x > 0 ? dy : dy * alpha[c] (bit for bit), dalpha[c] = sum over B and the spatial axes of
@@ -45,6 +45,9 @@
 //       of the products' magnitudes). MXNet passes no write
 //       request to library operators: both gradients are always written, never added to, so the
 //       block uses this operator only where they are written (grad_req 'write').
+//   pfc_batchnorm(x (B,C,...), gamma, beta, moving_mean, moving_var (C,); eps, momentum, fix_gamma)
+//       -> y, mean (C,), invstd (C,): MXNet's BatchNorm in training mode (symbols/batchnorm.py), the
+//       moving statistics updated in place; backward dx, dgamma, dbeta (always written). Below.
 #include <omp.h>
 
 #include <algorithm>
