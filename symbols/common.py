@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, Optional
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
-from symbols import prelu
+from symbols import prelu, prelu_stock
 
 MEAN, SCALE = 127.5, 0.0078125     # raw RGB 0..255 -> about [-1, 1]
 MXNET_DEFAULT_EPS = 1e-3           # mx.sym.BatchNorm's eps when a symbol passes none
@@ -120,19 +120,21 @@ class Backbone(HybridBlock):
 
     def _get_graph(self, *args):
         """HybridBlock's graph, built for the context of the input: the fused PReLU on the CPU
-        (symbols.prelu). Gluon calls this once per hybridization, with the first input's NDArrays."""
+        (symbols.prelu), else the stock one in the form whose slope gradient is right
+        (symbols.prelu_stock). Gluon calls this once per hybridization, with the first input's NDArrays."""
         if self._cached_graph:
             return self._cached_graph
         ctx = next((a.context for a in args if isinstance(a, mx.nd.NDArray)), mx.cpu())
-        with prelu.graph_for(ctx):
+        with prelu.graph_for(ctx), prelu_stock.backbone_graph():
             return super()._get_graph(*args)
 
     def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
-        """HybridBlock.export with the stock PReLU in the symbol file (readable without our library)."""
+        """HybridBlock.export with MXNet's LeakyReLU('prelu') in the symbol file (readable without our
+        library, one PRelu node each in ONNX; symbols.prelu_stock.to_stock)."""
         if not self._cached_graph:
             return super().export(path, epoch, remove_amp_cast)
         inputs, out = self._cached_graph
-        self._cached_graph = inputs, prelu.to_stock(out)
+        self._cached_graph = inputs, prelu_stock.to_stock(out)
         try:
             super().export(path, epoch, remove_amp_cast)
         finally:
