@@ -1,6 +1,7 @@
 """tools/bench_backbone.py at a tiny size: one fresh process per configuration, one table row each."""
 from __future__ import annotations
 
+import argparse
 import re
 
 import bench_backbone  # tools/bench_backbone.py (pytest's pythonpath)
@@ -24,6 +25,24 @@ def test_tiny_benchmark_compares_both_prelu_kernels_in_one_table(capsys):
         assert 0 <= float(c[15]) <= 100  # PReLU's share of the profiled step, in %
         peak, after_imports, params = float(c[19]), float(c[20]), float(c[21])
         assert peak >= after_imports > 0 and params >= 0 and int(c[22]) == 1
+        assert c[23] == "default" and all(float(v) >= 0 for v in c[24:29])  # the peak's parts (MiB)
+        assert float(c[26]) >= float(c[27]) > 0  # the forward's storage holds the activations the backward reads
+
+
+def test_the_peak_is_its_measured_parts_and_the_momentum_is_measured_as_its_size(tmp_path):
+    args = argparse.Namespace(steps=1, dim=16)
+    r = bench_backbone.launch("mobilefacenet", 2, 1, "fused", args, tmp_path, "trim")
+    mib = 1 << 20
+    parts = {p: r[f"{p}_bytes"] for p in bench_backbone.MEMORY}
+    assert r["malloc"] == "trim" and all(v > 0 for v in parts.values()), parts
+    assert r["params_bytes"] > r["grads_bytes"] > 4 * mib  # BatchNorm's running statistics have no gradient
+    # the update's storage, read from MXNet's memory profiler, is the momentum: one array per gradient
+    assert abs(r["momentum_bytes"] - r["grads_bytes"]) <= 0.05 * r["grads_bytes"]
+    assert r["forward_bytes"] >= r["kept_bytes"] > 0
+    # the parts add up to the measured peak: the rest (oneDNN, glibc, the shape pass) is small
+    rest = bench_backbone.rest_bytes(r)
+    assert -16 * mib <= rest <= 0.25 * r["peak_bytes"], (rest / mib, r["peak_bytes"] / mib)
+    assert "rest" in bench_backbone.line(r)
 
 
 def test_family_names_cover_both_kernels_and_the_optimizer():
@@ -41,6 +60,7 @@ def test_bad_arguments_are_one_line_errors_before_any_run(capsys):
     for argv, message in [(["--prelu", "fast"], "--prelu must be among stock, fused"),
                           (["--backbone", "resnet9"], "--backbone: unknown ['resnet9']"),
                           (["--batch", "0"], "--batch must be positive integers, got [0]"),
+                          (["--malloc", "tcmalloc"], "--malloc must be among default, trim"),
                           (["--bn", "fast"], "--bn must be among stock, fused")]:
         assert run_cli(bench_backbone.main, argv) == 2
         assert message in capsys.readouterr().err

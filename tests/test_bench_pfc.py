@@ -26,8 +26,9 @@ def test_tiny_benchmark_prints_one_row_per_configuration(capsys):
 def test_bad_arguments_are_one_line_errors_before_any_run(capsys):
     from pfc_mx.cli import run_cli
 
-    for argv, message in [(["--rates", "2"], "--rates must be in (0, 1], got [2.0]"),
-                          (["--classes", "0"], "--classes must be positive integers, got [0]"),
+    for argv, message in [(["--rates", "2"], "argument --rates: must be in (0, 1], got 2"),
+                          (["--classes", "1000,0"], "argument --classes: must be >= 1, got 0"),
+                          (["--seconds", "-1"], "argument --seconds: must be >= 0, got -1"),
                           (["--batch", "6", "--worlds", "4"], "--batch 6 must be divisible")]:
         assert run_cli(bench_pfc.main, argv) == 2
         assert message in capsys.readouterr().err

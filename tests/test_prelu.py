@@ -144,8 +144,9 @@ def step_gradients(nets):
 # backward kernels next to a library operator (it keeps its blocked layout up to one); the PReLU
 # outputs and input gradients themselves are the same bits (test above, and IResNet here).
 # The slope gradients are compared with the imperative network's (stock operators one by one):
-# in MobileFaceNet's hybridized graph MXNet's own PReLU gets conv_1's slope gradient wrong
-# (alpha times the right one, as if its backward read the output instead of the input).
+# MXNet's own LeakyReLU('prelu') in a planned graph can return alpha times the right one (its
+# backward writes the input gradient over the output gradient it then reduces; MobileFaceNet's
+# conv_1 here), which the backbones' stock path avoids: symbols/prelu_stock.py, tests/test_prelu_stock.py.
 @pytest.mark.parametrize("name, exact", [("iresnet_tiny", True), ("mobilefacenet", False)])
 def test_a_training_step_has_the_same_numbers_with_either_kernel(name, exact):
     (emb_stock, stock), (emb_fused, fused), (_, imperative) = step_gradients(twins(name, imperative=True))

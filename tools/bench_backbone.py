@@ -2,8 +2,9 @@
 
     python tools/bench_backbone.py [--backbone iresnet50] [--batch 32] [--threads 2] [--steps 2] [--prelu stock,fused]
                                    [--bn stock,fused]
+                                   [--malloc default,trim]
 
-For every (backbone, batch, threads, PReLU kernel, BatchNorm kernel) a fresh process (OMP_NUM_THREADS = threads,
+For every (backbone, batch, threads, PReLU kernel) a fresh process (OMP_NUM_THREADS = threads,
 MXNET_EXEC_BULK_EXEC_TRAIN=0 so that the profiler sees every operator) measures:
 
 - step: one training step of the hybridized backbone (static_alloc, static_shape, as training runs
@@ -17,16 +18,29 @@ MXNET_EXEC_BULK_EXEC_TRAIN=0 so that the profiler sees every operator) measures:
   backward), PReLU (forward, backward), BatchNorm, the optimizer update and the rest, PReLU's
   share of that profiled step, and the profiled step over its own convolutions' time (a floor
   measured inside the same step: steadier than the separate floor on a machine others load);
-- memory: peak resident memory (VmHWM) of the process up to the end of the warm-up step (which
-  allocates all a step needs: static_alloc, the momentum; the floor comes later), its resident
-  memory after imports, and the parameters' size (gradients and momentum are as large again
-  each); images/s = batch / step.
+- memory: peak resident memory (VmHWM) of the process up to the end of two warm-up steps (the
+  first allocates all a step needs: static_alloc, the momentum; the second's temporaries raise the
+  resident memory further through glibc's heap; the floor comes later), and what holds it: the
+  process after imports; the parameters (weights and BatchNorm's running statistics), the
+  gradients and the momentum (bytes of the arrays);
+  MXNet's storage taken by the first step's forward (the static memory plan's forward part:
+  activations kept for the backward, buffers the backward reuses, workspace) and by its backward
+  (pfc_mx.step_memory.storage_phases, MXNet's memory profiler); among the forward's, the
+  activations the backward reads (kept_for_backward); and the rest (peak minus all those:
+  oneDNN's and glibc's own memory, the small imperative pass that reads the convolutions' shapes);
+  images/s = batch / step.
 
---prelu picks the PReLU kernel of the backbone (symbols.prelu): stock (MXNet's LeakyReLU
-'prelu') or fused (pfc_mx.kernels' pfc_prelu); giving both compares them side by side.
---bn picks the BatchNorm kernel of the training graph (symbols.batchnorm): stock (MXNet's
-BatchNorm, oneDNN's) or fused (pfc_mx.kernels' pfc_batchnorm). `base / this` in the table: the
-step of the first configuration with the same backbone, batch and threads over this one's.
+--malloc trim runs the configuration with mallopt(M_TRIM_THRESHOLD, 0) (pfc_mx.step_memory.set_malloc):
+glibc then unmaps large freed blocks instead of keeping them in its heap; giving default,trim
+compares the two side by side.
+
+--prelu picks the PReLU kernel of the backbone (symbols.prelu): stock (MXNet's operators: in the
+hybridized graph where(x > 0, x, broadcast_mul(x, alpha)), symbols.prelu_stock, whose slope
+gradient is right where LeakyReLU('prelu')'s is not) or fused (pfc_mx.kernels' pfc_prelu);
+giving both compares them side by side. --bn picks the BatchNorm kernel of the training graph
+(symbols.batchnorm): stock (MXNet's BatchNorm, oneDNN's) or fused (pfc_mx.kernels' pfc_batchnorm).
+`base / this` in the table: the step of the first configuration with the same backbone, batch,
+threads and allocator setting over this one's.
 Prints one line per configuration on stderr as it finishes and one markdown table at the end.
 """
 from __future__ import annotations
@@ -44,6 +58,7 @@ from typing import Dict, List, Optional
 from pfc_mx.cli import run_cli
 from pfc_mx.errors import ConfigError
 from pfc_mx.proc_memory import reset_peak_rss, status_kib
+from pfc_mx.step_memory import MALLOC, kept_for_backward, set_malloc, storage_phases
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -53,8 +68,9 @@ BN_KERNELS = ("stock", "fused")
 FAMILIES = {
     "conv_fwd": ("Convolution",),
     "conv_bwd": ("_backward_Convolution",),
-    "prelu_fwd": ("LeakyReLU", "pfc_prelu"),
-    "prelu_bwd": ("_backward_LeakyReLU", "_backward_pfc_prelu"),
+    # the stock PReLU in a backbone's graph is where(x > 0, x, broadcast_mul(x, alpha)) (symbols.prelu_stock)
+    "prelu_fwd": ("LeakyReLU", "pfc_prelu", "where", "broadcast_mul", "_greater_scalar"),
+    "prelu_bwd": ("_backward_LeakyReLU", "_backward_pfc_prelu", "_backward_where", "_backward_broadcast_mul"),
     "batchnorm": ("BatchNorm", "_backward_BatchNorm", "pfc_batchnorm", "_backward_pfc_batchnorm"),
 }
 
@@ -141,6 +157,7 @@ def worker(args: argparse.Namespace) -> None:
     from symbols import batchnorm, prelu
 
     name, batch, kernel, bn = args.backbone[0], args.batch[0], args.prelu[0], args.bn[0]
+    set_malloc(args.malloc[0])
     prelu.set_kernels(kernel)
     batchnorm.set_kernels(bn)
     rss0 = status_kib("VmRSS")
@@ -167,8 +184,19 @@ def worker(args: argparse.Namespace) -> None:
         mx.nd.waitall()
         return time.perf_counter() - t
 
-    step()  # warm-up: builds the graph, its static memory and the momentum
+    state = {}
+
+    def forward() -> None:
+        with autograd.record():
+            state["emb"] = net(images)
+
+    # first warm-up step, phase by phase: builds the graph, its static memory and the momentum
+    held = storage_phases([forward, lambda: state["emb"].backward(head_grad), lambda: trainer.step(1)],
+                          os.path.join(args.out, "memory.json"))
+    step()  # second warm-up step
     peak = status_kib("VmHWM") * 1024  # the floor below is not counted
+    grads_bytes = sum(p.grad().size * 4 for p in net.collect_params().values() if p.grad_req != "null")
+    kept = kept_for_backward(net._cached_graph[1], tuple(images.shape))
     used = prelu.fused_in(net)
     if used != (kernel == "fused"):
         raise RuntimeError(f"asked for the {kernel} PReLU, but the graph has {'fused' if used else 'stock'}")
@@ -180,26 +208,28 @@ def worker(args: argparse.Namespace) -> None:
     for _ in range(args.steps):  # alternately: both see the same machine load
         steps.append(step())
         floors.append(floor_step(layers))
-    with tempfile.TemporaryDirectory() as tmp:
-        mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=os.path.join(tmp, "profile.json"))
-        mx.profiler.set_state("run")
-        profiled = step()
-        mx.profiler.set_state("stop")
-        stats = json.loads(mx.profiler.dumps(reset=True, format="json"))
+    # the profiler's files go to args.out, which outlives this process (it may write them late)
+    mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=os.path.join(args.out, "profile.json"))
+    mx.profiler.set_state("run")
+    profiled = step()
+    mx.profiler.set_state("stop")
+    stats = json.loads(mx.profiler.dumps(reset=True, format="json"))
     operator_ms = {op: v["Total"] for op, v in stats.get("Time", {}).get("operator", {}).items()}
     result = {"backbone": name, "batch": batch, "threads": args.threads[0], "prelu": kernel, "bn": bn,
               "step_s": float(np.mean(steps)), "floor_s": float(np.mean(floors)),
               "profiled_s": profiled, "families": families(operator_ms), "peak_bytes": peak,
-              "after_imports_bytes": rss0 * 1024, "params_bytes": params_bytes, "steps": args.steps}
+              "after_imports_bytes": rss0 * 1024, "params_bytes": params_bytes, "steps": args.steps,
+              "malloc": args.malloc[0], "grads_bytes": grads_bytes, "forward_bytes": held[0],
+              "backward_bytes": held[1] - held[0], "momentum_bytes": held[2] - held[1], "kept_bytes": kept}
     Path(args.out, "result.json").write_text(json.dumps(result))
 
 
-def launch(backbone: str, batch: int, threads: int, kernel: str, bn: str, args: argparse.Namespace,
-           out: Path) -> Dict:
+def launch(backbone: str, batch: int, threads: int, kernel: str, args: argparse.Namespace, out: Path,
+           malloc: str = "default", bn: str = "fused") -> Dict:
     """Run one configuration in a fresh process; return its result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backbone", backbone, "--batch", str(batch),
            "--threads", str(threads), "--prelu", kernel, "--bn", bn, "--steps", str(args.steps), "--dim", str(args.dim),
-           "--out", str(out)]
+           "--out", str(out), "--malloc", malloc]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MXNET_EXEC_BULK_EXEC_TRAIN": "0",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -208,30 +238,43 @@ def launch(backbone: str, batch: int, threads: int, kernel: str, bn: str, args: 
     return json.loads((out / "result.json").read_text())
 
 
+MEMORY = ("after_imports", "params", "grads", "momentum", "forward", "backward")  # parts of the peak, in order
+
+
+def rest_bytes(r: Dict) -> float:
+    """The peak minus its measured parts (MEMORY): oneDNN's and glibc's own memory, and what else the process holds."""
+    return r["peak_bytes"] - sum(r[f"{part}_bytes"] for part in MEMORY)
+
+
 def line(r: Dict) -> str:
-    """The one-line summary of a configuration."""
+    """The one-line summary of a configuration, with what holds its peak memory."""
     f = r["families"]
-    return (f"{r['backbone']} batch {r['batch']} threads {r['threads']} prelu {r['prelu']} bn {r['bn']}: "
-            f"step {r['step_s']:.2f} s, "
-            f"floor {r['floor_s']:.2f} s ({r['step_s'] / r['floor_s']:.2f}x), PReLU "
+    mib = {part: r[f"{part}_bytes"] / MIB for part in MEMORY + ("kept",)}
+    return (f"{r['backbone']} batch {r['batch']} threads {r['threads']} prelu {r['prelu']} bn {r['bn']} "
+            f"malloc {r['malloc']}: "
+            f"step {r['step_s']:.2f} s, floor {r['floor_s']:.2f} s ({r['step_s'] / r['floor_s']:.2f}x), PReLU "
             f"{100 * (f['prelu_fwd'] + f['prelu_bwd']) / r['profiled_s']:.1f} % of the profiled step, "
-            f"peak {r['peak_bytes'] / MIB:.0f} MiB, {r['batch'] / r['step_s']:.1f} images/s")
+            f"{r['batch'] / r['step_s']:.1f} images/s; peak {r['peak_bytes'] / MIB:.0f} MiB = after imports "
+            f"{mib['after_imports']:.0f} + weights {mib['params']:.0f} + gradients {mib['grads']:.0f} + momentum "
+            f"{mib['momentum']:.0f} + forward {mib['forward']:.0f} (activations kept for the backward "
+            f"{mib['kept']:.0f}) + backward {mib['backward']:.0f} + rest {rest_bytes(r) / MIB:.0f}")
 
 
 def table(rows: List[Dict]) -> str:
-    """Markdown table, one line per configuration; `base / this`: the step of the first configuration with
-    the same backbone, batch and threads over this one's."""
+    """Markdown table, one line per configuration; `base / this`: the step of the first configuration with the
+    same backbone, batch, threads and allocator setting over this one's."""
     head = ("| backbone | batch | threads | PReLU | BatchNorm | step s | conv floor s | step / floor | base / this | "
             "images/s | "
             "profiled step s | conv fwd s | conv bwd s | profiled / its convs | PReLU fwd s | PReLU bwd s | PReLU % | "
-            "BatchNorm s | optimizer s | other s | peak MiB | after imports MiB | params MiB | timed steps |")
+            "BatchNorm s | optimizer s | other s | peak MiB | after imports MiB | params MiB | timed steps | malloc | "
+            "gradients MiB | momentum MiB | forward MiB | kept for backward MiB | backward MiB | rest MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     stock: Dict[tuple, float] = {}
     for r in rows:
-        stock.setdefault((r["backbone"], r["batch"], r["threads"]), r["step_s"])
+        stock.setdefault((r["backbone"], r["batch"], r["threads"], r["malloc"]), r["step_s"])
     for r in rows:
         f = r["families"]
-        base = stock.get((r["backbone"], r["batch"], r["threads"]))
+        base = stock.get((r["backbone"], r["batch"], r["threads"], r["malloc"]))
         lines.append(
             f"| {r['backbone']} | {r['batch']} | {r['threads']} | {r['prelu']} | {r['bn']} | "
             f"{r['step_s']:.3f} | "
@@ -241,7 +284,9 @@ def table(rows: List[Dict]) -> str:
             f"{r['profiled_s'] / max(f['conv_fwd'] + f['conv_bwd'], 1e-9):.2f} | {f['prelu_fwd']:.3f} | "
             f"{f['prelu_bwd']:.3f} | {100 * (f['prelu_fwd'] + f['prelu_bwd']) / r['profiled_s']:.1f} | "
             f"{f['batchnorm']:.3f} | {f['optimizer']:.3f} | {f['other']:.3f} | {r['peak_bytes'] / MIB:.0f} | "
-            f"{r['after_imports_bytes'] / MIB:.0f} | {r['params_bytes'] / MIB:.0f} | {r['steps']} |")
+            f"{r['after_imports_bytes'] / MIB:.0f} | {r['params_bytes'] / MIB:.0f} | {r['steps']} | {r['malloc']} | "
+            f"{r['grads_bytes'] / MIB:.0f} | {r['momentum_bytes'] / MIB:.0f} | {r['forward_bytes'] / MIB:.0f} | "
+            f"{r['kept_bytes'] / MIB:.0f} | {r['backward_bytes'] / MIB:.0f} | {rest_bytes(r) / MIB:.0f} |")
     return "\n".join(lines)
 
 
@@ -262,7 +307,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help=f"comma-separated PReLU kernels ({', '.join(PRELU_KERNELS)})")
     p.add_argument("--bn", type=_names, default=["fused"],
                    help=f"comma-separated BatchNorm kernels of the training graph ({', '.join(BN_KERNELS)})")
-    p.add_argument("--steps", type=int, default=2, help="timed steps (and floor runs) after one warm-up step")
+    p.add_argument("--steps", type=int, default=2, help="timed steps (and floor runs) after two warm-up steps")
+    p.add_argument("--malloc", type=_names, default=["default"],
+                   help=f"comma-separated glibc allocator settings ({', '.join(MALLOC)})")
     p.add_argument("--dim", type=int, default=512, help="embedding size")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -283,16 +330,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise ConfigError(f"--prelu must be among {', '.join(PRELU_KERNELS)}, got {args.prelu}")
     if not args.bn or any(k not in BN_KERNELS for k in args.bn):
         raise ConfigError(f"--bn must be among {', '.join(BN_KERNELS)}, got {args.bn}")
+    if not args.malloc or any(m not in MALLOC for m in args.malloc):
+        raise ConfigError(f"--malloc must be among {', '.join(MALLOC)}, got {args.malloc}")
     command = "python tools/bench_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     for backbone in args.backbone:
         for batch in args.batch:
             for threads in args.threads:
-                for bn in args.bn:
-                    for kernel in args.prelu:
-                        with tempfile.TemporaryDirectory() as tmp:
-                            rows.append(launch(backbone, batch, threads, kernel, bn, args, Path(tmp)))
-                        print(line(rows[-1]), file=sys.stderr, flush=True)
+                for bn, kernel, malloc in ((b, k, m) for b in args.bn for k in args.prelu for m in args.malloc):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        rows.append(launch(backbone, batch, threads, kernel, args, Path(tmp), malloc, bn))
+                    print(line(rows[-1]), file=sys.stderr, flush=True)
     print(f"command: {command.strip()}\n")
     print(table(rows))
     return 0

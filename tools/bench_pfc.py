@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from pfc_mx import blas
-from pfc_mx.cli import run_cli
+from pfc_mx.cli import ArgumentParser, comma_list, number, positive_int, run_cli
 from pfc_mx.errors import ConfigError
 from pfc_mx.proc_memory import reset_peak_rss, status_kib
 
@@ -192,23 +192,18 @@ def merge(ranks: List[Dict]) -> Dict:
             "budget_bytes": worst["budget_bytes"]}
 
 
-def _ints(text: str) -> List[int]:
-    return [int(float(v)) for v in text.split(",") if v]
-
-
-def _floats(text: str) -> List[float]:
-    return [float(v) for v in text.split(",") if v]
+RATE = number(float, 0.0, 1.0, low_open=True, what="in (0, 1]")  # a sample rate
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--classes", type=_ints, default=[100_000, 1_000_000], help="comma-separated C values")
-    p.add_argument("--rates", type=_floats, default=[1.0, 0.1], help="comma-separated sample rates")
-    p.add_argument("--worlds", type=_ints, default=[1, 2], help="comma-separated world sizes (horovodrun -np)")
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--batch", type=int, default=256, help="global batch N")
-    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step, at least")
-    p.add_argument("--seconds", type=float, default=3.0,
+    p = ArgumentParser(prog="bench_pfc", description=__doc__.split("\n")[0])
+    p.add_argument("--classes", type=comma_list(positive_int), default=[100_000, 1_000_000], help="comma-separated C values")
+    p.add_argument("--rates", type=comma_list(RATE), default=[1.0, 0.1], help="comma-separated sample rates")
+    p.add_argument("--worlds", type=comma_list(positive_int), default=[1, 2], help="comma-separated world sizes (horovodrun -np)")
+    p.add_argument("--dim", type=positive_int, default=512)
+    p.add_argument("--batch", type=positive_int, default=256, help="global batch N")
+    p.add_argument("--steps", type=positive_int, default=3, help="timed steps after one warm-up step, at least")
+    p.add_argument("--seconds", type=number(float, 0.0, what=">= 0"), default=3.0,
                    help="more timed steps (up to 100) while the warm-up step's time says they fit in this")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -216,12 +211,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker:
         worker(args)
         return 0
-    for name, values in (("classes", args.classes), ("worlds", args.worlds), ("dim", [args.dim]),
-                         ("batch", [args.batch]), ("steps", [args.steps])):
-        if not values or min(values) < 1:
-            raise ConfigError(f"--{name} must be positive integers, got {values}")
-    if not args.rates or not all(0 < r <= 1 for r in args.rates):
-        raise ConfigError(f"--rates must be in (0, 1], got {args.rates}")
     if any(args.batch % w for w in args.worlds):
         raise ConfigError(f"--batch {args.batch} must be divisible by every world size {args.worlds}")
     command = "python tools/bench_pfc.py " + " ".join(argv if argv is not None else sys.argv[1:])
