@@ -57,10 +57,10 @@ def test_family_names_cover_both_kernels_and_the_optimizer():
 def test_bad_arguments_are_one_line_errors_before_any_run(capsys):
     from pfc_mx.cli import run_cli
 
-    for argv, message in [(["--prelu", "fast"], "--prelu must be among stock, fused"),
+    for argv, message in [(["--prelu", "stock,fast"], "argument --prelu: must be among stock, fused, got 'fast'"),
                           (["--backbone", "resnet9"], "--backbone: unknown ['resnet9']"),
-                          (["--batch", "0"], "--batch must be positive integers, got [0]"),
-                          (["--malloc", "tcmalloc"], "--malloc must be among default, trim"),
-                          (["--bn", "fast"], "--bn must be among stock, fused")]:
+                          (["--batch", "32,0"], "argument --batch: must be >= 1, got 0"),
+                          (["--malloc", "tcmalloc"], "argument --malloc: must be among default, trim"),
+                          (["--bn", "fast"], "argument --bn: must be among stock, fused")]:
         assert run_cli(bench_backbone.main, argv) == 2
         assert message in capsys.readouterr().err

@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from pfc_mx.cli import run_cli
+from pfc_mx.cli import ArgumentParser, comma_list, one_of, positive_int, run_cli
 from pfc_mx.errors import ConfigError
 from pfc_mx.proc_memory import reset_peak_rss, status_kib
 from pfc_mx.step_memory import MALLOC, kept_for_backward, set_malloc, storage_phases
@@ -290,27 +290,19 @@ def table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> List[int]:
-    return [int(float(v)) for v in text.split(",") if v]
-
-
-def _names(text: str) -> List[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backbone", type=_names, default=["iresnet50"], help="comma-separated registered names")
-    p.add_argument("--batch", type=_ints, default=[32], help="comma-separated batch sizes")
-    p.add_argument("--threads", type=_ints, default=[os.cpu_count() or 1], help="comma-separated thread counts")
-    p.add_argument("--prelu", type=_names, default=list(PRELU_KERNELS),
+    p = ArgumentParser(prog="bench_backbone", description=__doc__.split("\n")[0])
+    p.add_argument("--backbone", type=comma_list(str), default=["iresnet50"], help="comma-separated registered names")
+    p.add_argument("--batch", type=comma_list(positive_int), default=[32], help="comma-separated batch sizes")
+    p.add_argument("--threads", type=comma_list(positive_int), default=[os.cpu_count() or 1], help="comma-separated thread counts")
+    p.add_argument("--prelu", type=comma_list(one_of(PRELU_KERNELS)), default=list(PRELU_KERNELS),
                    help=f"comma-separated PReLU kernels ({', '.join(PRELU_KERNELS)})")
-    p.add_argument("--bn", type=_names, default=["fused"],
+    p.add_argument("--bn", type=comma_list(one_of(BN_KERNELS)), default=["fused"],
                    help=f"comma-separated BatchNorm kernels of the training graph ({', '.join(BN_KERNELS)})")
-    p.add_argument("--steps", type=int, default=2, help="timed steps (and floor runs) after two warm-up steps")
-    p.add_argument("--malloc", type=_names, default=["default"],
+    p.add_argument("--steps", type=positive_int, default=2, help="timed steps (and floor runs) after two warm-up steps")
+    p.add_argument("--malloc", type=comma_list(one_of(MALLOC)), default=["default"],
                    help=f"comma-separated glibc allocator settings ({', '.join(MALLOC)})")
-    p.add_argument("--dim", type=int, default=512, help="embedding size")
+    p.add_argument("--dim", type=positive_int, default=512, help="embedding size")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -319,19 +311,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     import symbols  # the names only: no backbone is built in this process
 
-    for name, values in (("batch", args.batch), ("threads", args.threads), ("steps", [args.steps]),
-                         ("dim", [args.dim])):
-        if not values or min(values) < 1:
-            raise ConfigError(f"--{name} must be positive integers, got {values}")
     unknown = [b for b in args.backbone if b not in symbols.list_models()]
-    if unknown or not args.backbone:
+    if unknown:
         raise ConfigError(f"--backbone: unknown {unknown}; valid names: {', '.join(symbols.list_models())}")
-    if not args.prelu or any(k not in PRELU_KERNELS for k in args.prelu):
-        raise ConfigError(f"--prelu must be among {', '.join(PRELU_KERNELS)}, got {args.prelu}")
-    if not args.bn or any(k not in BN_KERNELS for k in args.bn):
-        raise ConfigError(f"--bn must be among {', '.join(BN_KERNELS)}, got {args.bn}")
-    if not args.malloc or any(m not in MALLOC for m in args.malloc):
-        raise ConfigError(f"--malloc must be among {', '.join(MALLOC)}, got {args.malloc}")
     command = "python tools/bench_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     for backbone in args.backbone:

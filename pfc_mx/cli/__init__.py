@@ -13,7 +13,7 @@ import argparse
 import logging
 import math
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 from pfc_mx.errors import ConfigError, PfcError
 
@@ -59,6 +59,15 @@ def comma_list(item: Callable[[str], Any]) -> Callable[[str], List[Any]]:
         if not values:
             raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
         return [item(v) for v in values]  # an item's ArgumentTypeError names the bad value
+    return parse
+
+
+def one_of(values: Sequence[str]) -> Callable[[str], str]:
+    """argparse type: one of values."""
+    def parse(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"must be among {', '.join(values)}, got {text!r}")
+        return text
     return parse
 
 
