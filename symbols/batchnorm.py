@@ -10,9 +10,10 @@ machine whose cores are shared a waiting thread spins while its partner is desch
 (docs/performance.md, "Backbone training step"). pfc_batchnorm (pfc_mx/csrc/pfc_kernels.cc) does
 the same training-mode arithmetic in passes that need no synchronisation inside: batch mean and
 biased variance per channel, y = (x - mean) · gamma / sqrt(var + eps) + beta (gamma read as 1 with
-fix_gamma), the moving statistics updated in the backward with MXNet's rule and roundings
-(moving = moving · momentum + batch · (1 - momentum), as MXNet's CPU BatchNorm does there), and the
-gradients of x, gamma and beta.
+fix_gamma), the moving statistics updated with MXNet's rule and roundings (moving = moving ·
+momentum + batch · (1 - momentum)) in the forward, where MXNet's CPU BatchNorm does it in its
+backward (the same values whenever a backward follows, as in training: a library operator's
+backward cannot declare the write), and the gradients of x, gamma and beta.
 
 A library operator is not told whether it runs in training or inference, so pfc_batchnorm only
 ever normalises with the batch's statistics: Backbone builds a graph with it only for calls made
