@@ -1,7 +1,7 @@
 """compare_original --seeds: final loss and verification accuracy of the original and ours, over seeds.
 
-    python tools/compare_original.py --insightface ~/src/insightface --seeds 0,1,2 --steps 60 --lr 0.1 \\
-        --milestones 36,51 --batch 16
+    python tools/compare_original.py --insightface ~/src/insightface --seeds 0,1,2 --steps 50 --lr 0.1 \\
+        --milestones 30,43 --batch 16 --pairs 100 --last 10     # docs/REPRODUCE.md §5.3
 
 Per seed: a synthetic face set of its own (pfc_mx.data.synthetic: training classes and held-out
 identities whose pairs form a `.bin`); the original built with that seed (its own initialisation)
