@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -51,8 +51,9 @@ def original_name(ours: str) -> str:
 class Ours:
     """Our Run on the synthetic set, started from the original's checkpoint and centers."""
 
-    def __init__(self, work: Path, data: Path, prefix: str, num_layers: int, batch: int, lr: float, seed: int,
-                 kernels: str) -> None:
+    def __init__(self, work: Path, data: Path, prefix: Optional[str], num_layers: int, batch: int, lr: float,
+                 seed: int, kernels: str, init: str = "xavier") -> None:
+        """prefix: the original's checkpoint to start from (None: our own seeded model.init `init`)."""
         from pfc_mx.config import load_config
         from pfc_mx.train.injection import Injection
         from pfc_mx.train.loop import Run
@@ -60,12 +61,13 @@ class Ours:
         out = work / "run"
         out.mkdir(parents=True, exist_ok=True)
         cfg = load_config(root / "configs" / "base.yaml", [
-            f"model.name=iresnet{num_layers}", f"model.pretrained={prefix},0", f"data.rec={data}",
+            f"model.name=iresnet{num_layers}", f"data.rec={data}",
             f"data.batch_size={batch}", "data.num_workers=0", "data.mirror=false", f"optim.lr={lr}",
             "optim.momentum=0.9", "optim.weight_decay=5.0e-4", "optim.wd_rule=all", "optim.schedule=multistep",
             "optim.milestones=[1000000]", "optim.epochs=2000000", "eval.every=0", "eval.targets=[]",
             f"output.dir={out}", "output.tensorboard=false", "output.resume=none", f"seed={seed}",
-            f"partial_fc.kernels={kernels}"])
+            f"partial_fc.kernels={kernels}", f"model.init={init}"]
+            + ([f"model.pretrained={prefix},0"] if prefix else []))
         self.run, self.lr = Run(cfg, out, Injection()), lr
 
     def batches(self):
@@ -74,8 +76,9 @@ class Ours:
             yield from self.run.loader.epoch(epoch)
             epoch += 1
 
-    def step(self, step: int, images: np.ndarray, labels: np.ndarray) -> float:
-        loss, fault = self.run.train_step(step, images, labels, self.lr)
+    def step(self, step: int, images: np.ndarray, labels: np.ndarray, lr: Optional[float] = None) -> float:
+        """One Run.train_step at lr (default: the constant lr given); the loss."""
+        loss, fault = self.run.train_step(step, images, labels, self.lr if lr is None else lr)
         return loss
 
     def _momenta(self):
@@ -197,7 +200,7 @@ def verdict(rows: List[Dict], same_state: bool, floor: List[Dict]) -> str:
 
 
 def main(argv=None) -> int:
-    from pfc_mx.cli import ArgumentParser, number
+    from pfc_mx.cli import ArgumentParser, comma_list, non_negative_int, number, positive_int
     p = ArgumentParser(prog="compare_original", description=__doc__.split("\n")[0])
     p.add_argument("--insightface", required=True, help="an insightface checkout (with recognition/partial_fc/mxnet)")
     p.add_argument("--steps", type=number(int, 1, what=">= 1"), default=4)
@@ -207,11 +210,23 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=number(int, 2, what=">= 2"), default=30)
     p.add_argument("--seed", type=number(int, 0, what=">= 0"), default=0)
     p.add_argument("--kernels", default="auto", choices=("auto", "fused", "stock"), help="our head's partial_fc.kernels")
+    seeds = p.add_argument_group("over seeds (docs/REPRODUCE.md §5.3): final loss and verification accuracy")
+    seeds.add_argument("--seeds", type=comma_list(non_negative_int), help="e.g. 0,1,2: one run of both per seed")
+    seeds.add_argument("--milestones", type=comma_list(positive_int), help="steps after which the lr is × 0.1")
+    seeds.add_argument("--last", type=positive_int, help="final loss: the mean of the last LAST steps (10)")
+    seeds.add_argument("--pairs", type=number(int, 20, what=">= 20"), help="held-out verification pairs (200)")
+    seeds.add_argument("--images-per-class", type=positive_int, default=8, help="training images per class (8)")
+    seeds.add_argument("--ours-init", choices=("original", "xavier", "normal"),
+                       help="ours from the original's initial weights (default) or its own draw of model.init")
     args = p.parse_args(argv)
+    from pfc_mx.cli import compare_seeds
+    compare_seeds.check_args(args)
     logging.basicConfig(level=logging.WARNING)
     from pfc_mx.cli.original_pfc import OriginalPFC, find_code
     from pfc_mx.data.synthetic import generate
     find_code(args.insightface)
+    if args.seeds is not None:
+        return compare_seeds.main(args)
     with tempfile.TemporaryDirectory(prefix="compare_original_") as tmp:
         work = Path(tmp)
         generate(work / "data", num_identities=args.classes, images_per_identity=max(4, 2 * args.batch // args.classes),

@@ -17,7 +17,7 @@ import contextlib
 import sys
 import types
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Callable, Dict, Iterator, Sequence
 
 import mxnet as mx
 import numpy as np
@@ -68,11 +68,13 @@ def _easydict_stand_in() -> None:
 
 class OriginalPFC:
     """The original's train step on one rank (see the module docstring). ArcFace (s 64, m 0.5),
-    momentum 0.9, wd 5e-4 and rescale_grad as train_memory.py sets them; lr constant."""
+    momentum 0.9, wd 5e-4 and rescale_grad as train_memory.py sets them; lr constant or lowered at lr_steps."""
 
     def __init__(self, path: str, num_layers: int, num_classes: int, batch_size: int, lr: float,
-                 embedding_size: int = 512, seed: int = 0, perturb: float = 0.0) -> None:
-        """perturb > 0: multiply the embedding gradient and the centers' gradient of every step by
+                 embedding_size: int = 512, seed: int = 0, perturb: float = 0.0,
+                 lr_steps: Sequence[int] = ()) -> None:
+        """lr_steps: the updates after which its schedulers multiply the lr by 0.1 (none: constant).
+        perturb > 0: multiply the embedding gradient and the centers' gradient of every step by
         1 ± perturb (random signs; 2**-23 is one float32 rounding), the original's own noise floor."""
         code = find_code(path)
         _easydict_stand_in()
@@ -88,7 +90,8 @@ class OriginalPFC:
             c.num_layers, c.num_classes, c.batch_size, c.embedding_size = num_layers, num_classes, batch_size, \
                 embedding_size
             c.backbone_lr = c.memory_bank_lr = lr
-            c.lr_steps, c.sample_ratio, c.fp16, c.debug = "1000000", 1.0, False, 1
+            c.lr_steps = ",".join(str(int(s)) for s in lr_steps) or "1000000"
+            c.sample_ratio, c.fp16, c.debug = 1.0, False, 1
             from symbol import resnet
             from memory_bank import MemoryBank
             from memory_module import SampleDistributeModule
@@ -148,6 +151,19 @@ class OriginalPFC:
             self.module.forward_backward(batch)
             self.module.update()
         return float(self.module.loss_cache.asscalar())
+
+    def embedding_forward(self) -> Callable[[mx.nd.NDArray], mx.nd.NDArray]:
+        """A forward function for pfc_mx.evaluation.verification.embed: its backbone in inference mode
+        (moving statistics), each batch padded to the bound batch size; (n, 3, 112, 112) → (n, 512)."""
+        def forward(x: mx.nd.NDArray) -> mx.nd.NDArray:
+            n = x.shape[0]
+            if n < self.batch_size:
+                x = mx.nd.concat(x, mx.nd.zeros((self.batch_size - n,) + x.shape[1:], dtype=x.dtype), dim=0)
+            batch = mx.io.DataBatch(data=[x], label=[mx.nd.zeros((self.batch_size,))])
+            with gpu_on_cpu():
+                self.backbone.forward(batch, is_train=False)
+            return self.backbone.get_outputs()[0][:n]
+        return forward
 
     def state(self, our_names: bool = False) -> Dict[str, Dict[str, np.ndarray]]:
         """{"params": weights and batch-norm statistics by name, "momentum": the backbone optimizer's

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from pfc_mx.config.schema import Config
+from pfc_mx.config.schema import MODEL_INITS, Config
 from pfc_mx.data.options import WRONG_SIZE_POLICIES
 from pfc_mx.errors import ConfigError
 from pfc_mx.head.options import RULES as HEAD_RULES, one_of
@@ -29,6 +29,7 @@ RANGES: Dict[Tuple[str, str], Tuple[Any, str]] = {
     ("model", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model", "bn_mom"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model", "bn_eps"): (_positive, "> 0"),
+    ("model", "init"): (lambda v: v in MODEL_INITS, one_of(MODEL_INITS)),
     ("loss", "scale"): HEAD_RULES["scale"],
     ("loss", "interclass_filtering_threshold"): (HEAD_RULES["interclass_filtering_threshold"][0],
                                                  HEAD_RULES["interclass_filtering_threshold"][1] + " (0 disables)"),

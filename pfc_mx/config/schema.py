@@ -15,6 +15,11 @@ from typing import Any, Dict, List, Tuple, Union
 from pfc_mx.margin_rules import get_margin
 
 
+# model.init, a fresh backbone's weights (pfc_mx.train.build.initializer): "xavier" (gaussian, fan out,
+# magnitude 2) or "normal" (N(0, 0.1), as insightface's MXNet partial_fc train_memory.py)
+MODEL_INITS = ("xavier", "normal")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "iresnet50"
@@ -23,6 +28,7 @@ class ModelConfig:
     bn_mom: float = 0.9
     bn_eps: float = 2e-5
     fp16: bool = False
+    init: str = "xavier"  # a fresh backbone's conv/dense weights: MODEL_INITS
     pretrained: str = ""  # fine-tune from: legacy `prefix,epoch` or our checkpoint (pfc_mx/train/pretrained.py)
 
 

@@ -14,6 +14,7 @@ from mxnet import gluon
 
 import symbols
 from pfc_mx.config import Config
+from pfc_mx.config.schema import MODEL_INITS
 from pfc_mx.data import RecordDataset, RecordLoader
 from pfc_mx.data.options import IMAGE_SIZE
 from pfc_mx.errors import ConfigError
@@ -41,8 +42,20 @@ def data(cfg: Config, rank: int, world: int) -> Tuple[int, RecordLoader]:
     return num_classes, loader
 
 
+def initializer(name: str) -> mx.init.Initializer:
+    """model.init for the conv and dense weights: "xavier" (gaussian, fan out, magnitude 2: std
+    sqrt(2 / (out channels × kernel area))) or "normal" (N(0, 0.1), the original MXNet partial_fc's
+    mx.init.Normal(0.1)). Either way biases and BatchNorm betas start at 0, gammas at 1, PReLU
+    slopes at 0.25 (their own initialisers), and running statistics at 0 and 1."""
+    if name == "normal":
+        return mx.init.Normal(0.1)
+    if name == "xavier":
+        return mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2)
+    raise ConfigError(f"model.init {name!r}: expected one of {', '.join(MODEL_INITS)}")
+
+
 def backbone(cfg: Config, ctx: mx.Context) -> gluon.HybridBlock:
-    """cfg.model, initialised (Xavier, seeded), hybridized and run once so its shapes exist."""
+    """cfg.model, initialised (model.init, seeded), hybridized and run once so its shapes exist."""
     m = cfg.model
     fp16 = m.fp16 and ctx.device_type == "gpu"
     if m.fp16 and not fp16:
@@ -50,7 +63,7 @@ def backbone(cfg: Config, ctx: mx.Context) -> gluon.HybridBlock:
     net = symbols.get_model(m.name, embedding_size=m.embedding_size, dropout=m.dropout,
                             bn_mom=m.bn_mom, bn_eps=m.bn_eps, fp16=fp16)
     mx.random.seed(cfg.seed)
-    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
+    net.initialize(initializer(m.init), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
     net(mx.nd.zeros((cfg.data.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), ctx=ctx))
     return net
