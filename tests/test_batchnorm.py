@@ -266,14 +266,25 @@ def test_exported_files_have_the_stock_operator(tmp_path):
     np.testing.assert_allclose(loaded(images).asnumpy(), expected, rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
+def test_the_default_training_graph_keeps_mxnet_batchnorm():
+    """Opt-in: by default ('auto') a CPU training graph has MXNet's BatchNorm (the fused PReLU still runs)."""
+    batchnorm.set_kernels(None)
+    net = symbols.get_model("iresnet_tiny", embedding_size=8)
+    net.initialize()
+    net.hybridize()
+    with autograd.record():
+        net(mx.nd.zeros((1, 3, 112, 112)))
+    assert not batchnorm.fused_in(net) and prelu.fused_in(net)
+
+
 def test_only_float32_cpu_training_graphs_with_written_gradients_get_the_fused_kernel():
     batchnorm.set_kernels("auto")
     try:
-        assert batchnorm.use_fused(mx.cpu()) and not batchnorm.use_fused(mx.gpu(0))
+        assert not batchnorm.use_fused(mx.cpu()) and not batchnorm.use_fused(mx.gpu(0))
         batchnorm.set_kernels("fused")
+        assert batchnorm.use_fused(mx.cpu())
         with pytest.raises(ValueError, match="need a CPU context"):
             batchnorm.use_fused(mx.gpu(0))
-        batchnorm.set_kernels("auto")
         net = symbols.get_model("iresnet_tiny", embedding_size=8)
         net.initialize()
         for name, p in net.collect_params().items():

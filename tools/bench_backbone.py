@@ -297,7 +297,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", type=comma_list(positive_int), default=[os.cpu_count() or 1], help="comma-separated thread counts")
     p.add_argument("--prelu", type=comma_list(one_of(PRELU_KERNELS)), default=list(PRELU_KERNELS),
                    help=f"comma-separated PReLU kernels ({', '.join(PRELU_KERNELS)})")
-    p.add_argument("--bn", type=comma_list(one_of(BN_KERNELS)), default=["fused"],
+    p.add_argument("--bn", type=comma_list(one_of(BN_KERNELS)), default=["stock"],
                    help=f"comma-separated BatchNorm kernels of the training graph ({', '.join(BN_KERNELS)})")
     p.add_argument("--steps", type=positive_int, default=2, help="timed steps (and floor runs) after two warm-up steps")
     p.add_argument("--malloc", type=comma_list(one_of(MALLOC)), default=["default"],

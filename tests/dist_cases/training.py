@@ -76,25 +76,29 @@ def reload_centers(outdir: Path, data: str, out: str) -> Dict[str, np.ndarray]:
 
 
 def fused_backbone(rank: int) -> Tuple[gluon.HybridBlock, np.ndarray]:
-    """iresnet_tiny with seeded weights, hybridized (the fused BatchNorm where the kernels load), after
+    """iresnet_tiny with seeded weights, hybridized with the fused BatchNorm (opt-in: set here), after
     one training step on this rank's own (2, 3, 112, 112) batch; its training graph's fused flag."""
     import symbols
     from symbols import batchnorm
 
-    net = symbols.get_model("iresnet_tiny", embedding_size=8)
-    net.initialize()
-    rng = np.random.default_rng(11)
-    for _, p in sorted(net.collect_params().items()):
-        if p.grad_req != "null":
-            p.set_data(mx.nd.array(rng.normal(scale=0.1, size=p.shape) + (1 if p.name.endswith("_gamma") else 0)))
-    net.hybridize(static_alloc=True, static_shape=True)
-    images = mx.nd.array(np.random.default_rng([2, rank]).uniform(0, 255, (2, 3, 112, 112)))
-    with autograd.record():
-        emb = net(images)
-    emb.backward(mx.nd.ones_like(emb))
-    # MXNet's own BatchNorm (fc1, bn1, bn3, sc here) writes its moving statistics in the hybridized
-    # backward without reads waiting for it: reading them right after can see the old values
-    mx.nd.waitall()
+    batchnorm.set_kernels("fused")
+    try:
+        net = symbols.get_model("iresnet_tiny", embedding_size=8)
+        net.initialize()
+        rng = np.random.default_rng(11)
+        for _, p in sorted(net.collect_params().items()):
+            if p.grad_req != "null":
+                p.set_data(mx.nd.array(rng.normal(scale=0.1, size=p.shape) + (1 if p.name.endswith("_gamma") else 0)))
+        net.hybridize(static_alloc=True, static_shape=True)
+        images = mx.nd.array(np.random.default_rng([2, rank]).uniform(0, 255, (2, 3, 112, 112)))
+        with autograd.record():
+            emb = net(images)
+        emb.backward(mx.nd.ones_like(emb))
+        # MXNet's own BatchNorm (fc1, bn1, bn3, sc here) writes its moving statistics in the hybridized
+        # backward without reads waiting for it: reading them right after can see the old values
+        mx.nd.waitall()
+    finally:
+        batchnorm.set_kernels(None)
     return net, np.array(batchnorm.fused_in(net))
 
 
