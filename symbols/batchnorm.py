@@ -24,16 +24,15 @@ It is opt-in: on a CPU whose cores the step has to itself, MXNet's BatchNorm is 
 two (iresnet50, batch 32, 2 threads, idle machine: step 6.45 s with it, 6.81 s with ours, and
 110 MiB less at the peak), so 'auto' means stock here; ours pays where threads share cores with
 other work. Within graph_for, the fused kernel is used when kernels() is 'fused' (set_kernels,
-else $PFC_MX_KERNELS), the context is a CPU, the library loads, and the layer is a float32 BatchNorm over axis 1 with batch statistics whose
-gamma and beta gradients are written (grad_req 'write'; gamma may be frozen with fix_gamma).
-Everything else is stock, and to_stock turns a fused graph back into the stock one (the node keeps
+else $PFC_MX_KERNELS), the context is a CPU, the library loads, and the layer is a float32
+BatchNorm over axis 1 with batch statistics whose gamma and beta gradients are written
+(grad_req 'write'; gamma may be frozen with fix_gamma). Everything else is stock, and to_stock turns a fused graph back into the stock one (the node keeps
 its name, inputs and attributes), so no saved file needs our library.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 from typing import Iterator, Optional
 
@@ -42,26 +41,21 @@ import numpy as np
 from mxnet.gluon import HybridBlock, nn
 
 from pfc_mx import kernels as pfc_kernels
-from pfc_mx.head.options import KERNELS, KERNELS_ENV, one_of
+from symbols.kernel_choice import KernelChoice
 
 FUSED_OP = "pfc_batchnorm"
-_choice = {"kernels": None}   # set_kernels; None: $PFC_MX_KERNELS, else auto
+_choice = KernelChoice("BatchNorm")
 _building = threading.local()  # .fused: a Backbone is building its training graph for the fused kernel
 
 
 def set_kernels(kernels: Optional[str]) -> None:
     """'fused', 'stock', 'auto' (stock: see the module docstring), or None (back to the default)."""
-    if kernels is not None and kernels not in KERNELS:
-        raise ValueError(f"BatchNorm kernels must be {one_of(KERNELS)}, got {kernels!r}")
-    _choice["kernels"] = kernels
+    _choice.set(kernels)
 
 
 def kernels() -> str:
     """The BatchNorm kernels in force: set_kernels', else $PFC_MX_KERNELS, else 'auto'."""
-    value = _choice["kernels"] or os.environ.get(KERNELS_ENV, "auto")
-    if value not in KERNELS:
-        raise ValueError(f"{KERNELS_ENV} must be {one_of(KERNELS)}, got {value!r}")
-    return value
+    return _choice.get()
 
 
 def use_fused(ctx: mx.Context, choice: Optional[str] = None) -> bool:

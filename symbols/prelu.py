@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 from typing import Iterator, Optional
 
@@ -33,26 +32,21 @@ import numpy as np
 from mxnet.gluon import HybridBlock, nn
 
 from pfc_mx import kernels as pfc_kernels
-from pfc_mx.head.options import KERNELS, KERNELS_ENV, one_of
+from symbols.kernel_choice import KernelChoice
 
 FUSED_OP = "pfc_prelu"
-_choice = {"kernels": None}   # set_kernels; None: $PFC_MX_KERNELS, else auto
+_choice = KernelChoice("PReLU")
 _building = threading.local()  # .fused: a Backbone is building its graph for the fused kernel
 
 
 def set_kernels(kernels: Optional[str]) -> None:
     """'auto' (fused on the CPU when the library loads), 'fused', 'stock', or None (back to the default)."""
-    if kernels is not None and kernels not in KERNELS:
-        raise ValueError(f"PReLU kernels must be {one_of(KERNELS)}, got {kernels!r}")
-    _choice["kernels"] = kernels
+    _choice.set(kernels)
 
 
 def kernels() -> str:
     """The PReLU kernels in force: set_kernels', else $PFC_MX_KERNELS, else 'auto'."""
-    value = _choice["kernels"] or os.environ.get(KERNELS_ENV, "auto")
-    if value not in KERNELS:
-        raise ValueError(f"{KERNELS_ENV} must be {one_of(KERNELS)}, got {value!r}")
-    return value
+    return _choice.get()
 
 
 def use_fused(ctx: mx.Context, choice: Optional[str] = None) -> bool:
