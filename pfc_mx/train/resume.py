@@ -27,8 +27,8 @@ from symbols.legacy import load_backbone
 log = logging.getLogger("pfc_mx.train")
 
 # config keys (section or section.key) whose change does not alter what the run computes
-SAFE_CHANGES = ("output", "eval", "model.pretrained", "model.init", "data.num_workers", "data.max_corrupt_fraction", "data.batch_size",
-                "partial_fc.kernels", "partial_fc.centers_on", "optim.skip_nonfinite")
+SAFE_CHANGES = ("output", "eval", "model.pretrained", "model.init", "data.num_workers", "data.max_corrupt_fraction",
+                "data.batch_size", "partial_fc.kernels", "partial_fc.centers_on", "optim.skip_nonfinite")
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
