@@ -763,7 +763,7 @@ MXReturnValue batchnorm_forward(const Attrs& attrs, std::vector<MXTensor>* in, s
   });
   channel_sums(pl, s1, &c1);
   channel_sums(pl, s2, &c2);
-  std::vector<float> scale(c), center(c);
+  std::vector<float> scale(c);
   const float eps = static_cast<float>(a.eps);
   for (int64_t ch = 0; ch < c; ++ch) {
     const double m = c1[ch] / n;
@@ -776,14 +776,12 @@ MXReturnValue batchnorm_forward(const Attrs& attrs, std::vector<MXTensor>* in, s
     moving_mean[ch] = moving_mean[ch] * a.momentum + mean[ch] * minus_mom;
     moving_var[ch] = moving_var[ch] * a.momentum + variance * minus_mom;
     scale[ch] = static_cast<float>(g / std::sqrt(static_cast<double>(var) + a.eps));
-    center[ch] = mean[ch];
   }
   const float* sc = scale.data();
-  const float* ce = center.data();
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads_for(pl.count * pl.size))
   for (int64_t p = 0; p < pl.count; ++p) {
     const int64_t ch = p % c;
-    const float s = sc[ch], m = ce[ch], b = beta[ch];
+    const float s = sc[ch], m = mean[ch], b = beta[ch];
     const float* xp = x + p * pl.size;
     float* yp = y + p * pl.size;
 #pragma omp simd
