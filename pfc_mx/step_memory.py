@@ -70,11 +70,26 @@ def _entry_bytes(sym: mx.sym.Symbol, data_shape: Tuple[int, ...]) -> Dict[Tuple[
     return sizes
 
 
+# ops whose output is their input's array (MXNet plans Reshape in place), or a converted copy that
+# replaces it for the readers after it (a Reshape converting oneDNN's layout: symbols/plain_layout.py)
+VIEW_OPS = ("Reshape",)
+
+
 def kept_for_backward(sym: mx.sym.Symbol, data_shape: Tuple[int, ...]) -> int:
     """Bytes of the forward outputs (not parameters or data) that sym's backward nodes read, at this input
-    shape; hidden outputs (BatchNorm's per-channel batch mean and variance) are left out."""
+    shape; hidden outputs (BatchNorm's per-channel batch mean and variance) are left out, and an output
+    of a VIEW_OPS node counts as its input (a view and what it views are one array)."""
     graph = json.loads(sym.tojson())
-    forward_ops = {n["name"] for n in graph["nodes"] if n["op"] != "null"}
+    nodes = graph["nodes"]
+    forward_ops = {n["name"] for n in nodes if n["op"] != "null"}
+    viewed = {(n["name"], 0): (nodes[n["inputs"][0][0]]["name"], n["inputs"][0][1])
+              for n in nodes if n["op"] in VIEW_OPS}
+
+    def storage(entry: Tuple[str, int]) -> Tuple[str, int]:
+        while entry in viewed:
+            entry = viewed[entry]
+        return entry
+
     exe = sym.simple_bind(mx.cpu(), data=(1,) + tuple(data_shape[1:]), grad_req="write")
     kept = set()
     for block in exe.debug_str().split("--------------------"):
@@ -82,7 +97,8 @@ def kept_for_backward(sym: mx.sym.Symbol, data_shape: Tuple[int, ...]) -> int:
         if head is None or head.group(2) in forward_ops:
             continue
         for name, index in re.findall(r"arg\[\d+\]=(\S+)\((\d+)\)", block):
-            if name in forward_ops:
-                kept.add((name, int(index)))
+            entry = storage((name, int(index)))
+            if entry[0] in forward_ops:
+                kept.add(entry)
     sizes = _entry_bytes(sym, data_shape)  # hidden outputs (BatchNorm's batch mean and variance) are not listed
     return sum(sizes.get(e, 0) for e in kept)

@@ -2,7 +2,7 @@
 
     bn = BatchNorm(momentum=0.9, epsilon=2e-5, in_channels=64, prefix="bn0_")   # nn.BatchNorm's parameters
     with graph_for(mx.cpu(), training=True):          # what Backbone does while it builds its graph
-        sym = bn(mx.sym.var("data"))                  # -> pfc_batchnorm(data, gamma, beta, mean, var) on the CPU
+        sym = bn(mx.sym.var("data"))                  # -> pfc_batchnorm(Reshape(data), gamma, beta, mean, var)
 
 In a training step on a 2-core CPU, MXNet's (oneDNN's) BatchNorm takes 30-90 ms on tensors it
 normalises in under 2 ms alone: its threads wait for each other inside the operator, and on a
@@ -21,13 +21,16 @@ while autograd trains (autograd.record(), train_mode()), and keeps a second, sto
 other calls (prediction uses the moving statistics).
 
 It is opt-in: on a CPU whose cores the step has to itself, MXNet's BatchNorm is the faster of the
-two (iresnet50, batch 32, 2 threads, idle machine: step 6.45 s with it, 6.81 s with ours, and
-110 MiB less at the peak), so 'auto' means stock here; ours pays where threads share cores with
-other work. Within graph_for, the fused kernel is used when kernels() is 'fused' (set_kernels,
-else $PFC_MX_KERNELS), the context is a CPU, the library loads, and the layer is a float32
-BatchNorm over axis 1 with batch statistics whose gamma and beta gradients are written
-(grad_req 'write'; gamma may be frozen with fix_gamma). Everything else is stock, and to_stock turns a fused graph back into the stock one (the node keeps
-its name, inputs and attributes), so no saved file needs our library.
+two (iresnet50, batch 32, 2 threads, idle machine: step 6.09 s with it, 6.23 s with ours, and
+86 MiB less at the peak; docs/performance.md, "Layout"), so 'auto' means stock here; ours pays
+where threads share cores with other work. Within graph_for, the fused kernel is used when
+kernels() is 'fused' (set_kernels, else $PFC_MX_KERNELS), the context is a CPU, the library
+loads, and the layer is a float32 BatchNorm over axis 1 with batch statistics whose gamma and
+beta gradients are written (grad_req 'write'; gamma may be frozen with fix_gamma). A Reshape in
+front of it (symbols.plain_layout) converts oneDNN's blocked layout of the convolution's output
+once. Everything else is stock, and to_stock turns a fused graph back into the stock one (the
+node keeps its name, inputs and attributes, the Reshape is bypassed), so no saved file needs
+our library.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ import numpy as np
 from mxnet.gluon import HybridBlock, nn
 
 from pfc_mx import kernels as pfc_kernels
+from symbols import plain_layout
 from symbols.kernel_choice import KernelChoice
 
 FUSED_OP = "pfc_batchnorm"
@@ -92,15 +96,18 @@ class BatchNorm(nn.BatchNorm):
 
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
         if F is mx.sym and getattr(_building, "fused", False) and self._fusable():
-            return getattr(F, FUSED_OP)(x, gamma, beta, running_mean, running_var, name="fwd", **self._kwargs)[0]
+            return getattr(F, FUSED_OP)(plain_layout.plain(F, x), gamma, beta, running_mean, running_var,
+                                        name="fwd", **self._kwargs)[0]
         return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
 
 
 def to_stock(sym: mx.sym.Symbol) -> mx.sym.Symbol:
-    """sym with every pfc_batchnorm node replaced by BatchNorm: same name, inputs and attributes, stock numbers."""
+    """sym with every pfc_batchnorm node replaced by BatchNorm: same name, inputs (the Reshape of
+    plain_layout bypassed) and attributes, stock numbers."""
     graph = json.loads(sym.tojson())
     for node in graph["nodes"]:
         if node["op"] == FUSED_OP:
+            plain_layout.bypass(graph["nodes"], node)
             node["op"] = "BatchNorm"
     return mx.sym.load_json(json.dumps(graph))
 

@@ -14,7 +14,7 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import HybridBlock, nn
 
-from symbols import batchnorm, prelu, prelu_stock
+from symbols import batchnorm, prelu
 
 MEAN, SCALE = 127.5, 0.0078125     # raw RGB 0..255 -> about [-1, 1]
 MXNET_DEFAULT_EPS = 1e-3           # mx.sym.BatchNorm's eps when a symbol passes none
@@ -129,9 +129,9 @@ class Backbone(HybridBlock):
             self.body.cast("float16")
 
     def _get_graph(self, *args):
-        """HybridBlock's graph, built for the context of the input: the fused PReLU on the CPU
-        (symbols.prelu), else the stock one in the form whose slope gradient is right
-        (symbols.prelu_stock), and the fused BatchNorm when autograd trains (symbols.batchnorm).
+        """HybridBlock's graph, built for the context of the input: the fused PReLU on the CPU, else
+        the stock one in the form whose slope gradient is right (symbols.prelu), and the fused
+        BatchNorm when autograd trains (symbols.batchnorm).
         Gluon calls this once per cached graph, with the first input's NDArrays."""
         if self._cached_graph:
             return self._cached_graph
@@ -142,8 +142,7 @@ class Backbone(HybridBlock):
         self._graph_kernels = choices
         fused_bn = not self.fp16 and batchnorm.use_fused(ctx, choices[1])
         self._graph_mode = training if fused_bn else None  # None: the graph serves both modes
-        with prelu.graph_for(ctx, choices[0]), prelu_stock.backbone_graph(), \
-                batchnorm.graph_for(ctx, training and fused_bn, choices[1]):
+        with prelu.graph_for(ctx, choices[0]), batchnorm.graph_for(ctx, training and fused_bn, choices[1]):
             return super()._get_graph(*args)
 
     def _call_cached_op(self, *args):
@@ -167,11 +166,11 @@ class Backbone(HybridBlock):
 
     def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
         """HybridBlock.export with MXNet's LeakyReLU('prelu') and BatchNorm in the symbol file (readable
-        without our library, one PRelu node each in ONNX; symbols.prelu_stock.to_stock, symbols.batchnorm.to_stock)."""
+        without our library, one PRelu node each in ONNX; symbols.prelu.to_stock, symbols.batchnorm.to_stock)."""
         if not self._cached_graph:
             return super().export(path, epoch, remove_amp_cast)
         inputs, out = self._cached_graph
-        self._cached_graph = inputs, batchnorm.to_stock(prelu_stock.to_stock(out))
+        self._cached_graph = inputs, batchnorm.to_stock(prelu.to_stock(out))
         try:
             super().export(path, epoch, remove_amp_cast)
         finally:

@@ -20,7 +20,7 @@ from typing import Dict, Sequence, Tuple
 from mxnet.gluon import HybridBlock, nn
 
 from symbols.common import Backbone, EmbeddingHead, batch_norm
-from symbols.prelu_stock import PReLU
+from symbols.prelu import PReLU
 
 UNITS: Dict[int, Tuple[int, int, int, int]] = {
     18: (2, 2, 2, 2),

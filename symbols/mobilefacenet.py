@@ -20,7 +20,7 @@ from typing import Sequence
 from mxnet.gluon import HybridBlock, nn
 
 from symbols.common import MXNET_DEFAULT_EPS, Backbone, EmbeddingHead, batch_norm
-from symbols.prelu_stock import PReLU
+from symbols.prelu import PReLU
 
 # MXNet 1.9.1 (oneDNN) caches its BatchNorm primitives by shape and eps, not by layout, and runs
 # a 2-D (B, C) input as (B, C, 1, 1): after a BatchNorm on a conv's (B, C, 1, 1) output (oneDNN's

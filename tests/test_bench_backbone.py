@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import re
 
+import mxnet as mx
+
 import bench_backbone  # tools/bench_backbone.py (pytest's pythonpath)
+from pfc_mx.step_memory import kept_for_backward
 
 
 def test_tiny_benchmark_compares_both_prelu_kernels_in_one_table(capsys):
@@ -64,3 +67,16 @@ def test_bad_arguments_are_one_line_errors_before_any_run(capsys):
                           (["--bn", "fast"], "argument --bn: must be among stock, fused")]:
         assert run_cli(bench_backbone.main, argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_kept_activations_count_a_view_and_what_it_views_once():
+    data = mx.sym.var("data")
+    fc = mx.sym.FullyConnected(data, num_hidden=6, no_bias=True, name="fc")  # (5, 6) float32: 120 bytes
+
+    def kept(other):  # the backward of fc * other reads fc's output and other
+        return kept_for_backward(mx.sym.sum(mx.sym.elemwise_mul(fc, other)), (5, 4))
+
+    square = kept(fc)
+    assert square >= 120
+    assert kept(mx.sym.reshape(fc, shape=(-2,), name="view")) == square       # a view: the same array
+    assert kept(mx.sym.identity(fc, name="copy")) == square + 120              # a copy: its own array
