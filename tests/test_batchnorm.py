@@ -259,6 +259,7 @@ def test_exported_files_have_the_stock_operator(tmp_path):
     assert batchnorm.fused_in(fused)  # the cached graph keeps the fused kernel after the export
     nodes = json.loads((tmp_path / "fused-symbol.json").read_text())["nodes"]
     assert not [n for n in nodes if n["op"].startswith("pfc_")]
+    assert not [n for n in nodes if n["name"].endswith("_plain")]  # plain_layout's Reshapes bypassed
     norms = [n for n in nodes if n["op"] == "BatchNorm"]
     assert norms and all(n["attrs"]["eps"] == "2e-05" and n["attrs"]["momentum"] == "0.9" for n in norms)
     loaded = mx.gluon.SymbolBlock.imports(str(tmp_path / "fused-symbol.json"), ["data"],

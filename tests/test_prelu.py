@@ -165,6 +165,9 @@ def test_symbols_and_exported_files_have_the_stock_operator(tmp_path):
     stock.export(str(tmp_path / "stock"))
     fused.export(str(tmp_path / "fused"))
     assert prelu.fused_in(fused)  # the cached graph keeps the fused kernel after the export
+    nodes = json.loads(fused._cached_graph[1].tojson())["nodes"]
+    kernels = [n for n in nodes if n["op"] == "pfc_prelu"]  # each reads a plain-layout Reshape (symbols/plain_layout.py)
+    assert kernels and all(nodes[n["inputs"][0][0]]["op"] == "Reshape" for n in kernels)
     graphs = [json.loads((tmp_path / f"{k}-symbol.json").read_text())["nodes"] for k in ("stock", "fused")]
     def shape(nodes):  # unnamed operators (cast0, ...) are numbered per process, not per graph
         return [(n["op"], n["inputs"], n["name"] if n["op"] in ("null", "LeakyReLU") else None) for n in nodes]
