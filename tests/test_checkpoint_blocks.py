@@ -192,7 +192,7 @@ def test_save_verify_and_load_each_log_size_time_and_rate(tmp_path, caplog):
 
 
 def test_measure_saves_and_loads_a_shard_with_rss_growth_far_below_the_arrays(tmp_path):
-    from pfc_mx.checkpoint import measure
+    from pfc_mx.cli import measure_checkpoint as measure
     classes, dim = 300000, 128   # weight + momentum: 293 MiB; a host copy of them would grow RSS by as much
     saved, = measure.measure("save", tmp_path, classes, dim)
     loaded, = measure.measure("load", tmp_path, classes, dim)

@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
+
+from pfc_mx.cli.compare_ours import Ours, original_name
 
 GROUPS = ("conv", "fc", "bn gamma", "bn beta", "prelu", "bn stats")
 NOISE = 1e-4              # an update below NOISE × the largest backbone update is float32 noise
@@ -41,64 +43,6 @@ def group(name: str) -> str:
     if name.endswith("_beta"):
         return "bn beta"
     return "fc" if name.startswith("pre_fc1") else "conv"
-
-
-def original_name(ours: str) -> str:
-    from pfc_mx.weight_decay import mxnet_name
-    return mxnet_name(ours).replace("_running_", "_moving_")
-
-
-class Ours:
-    """Our Run on the synthetic set, started from the original's checkpoint and centers."""
-
-    def __init__(self, work: Path, data: Path, prefix: Optional[str], num_layers: int, batch: int, lr: float,
-                 seed: int, kernels: str, init: str = "xavier") -> None:
-        """prefix: the original's checkpoint to start from (None: our own seeded model.init `init`)."""
-        from pfc_mx.config import load_config
-        from pfc_mx.train.injection import Injection
-        from pfc_mx.train.loop import Run
-        root = Path(__file__).resolve().parents[2]
-        out = work / "run"
-        out.mkdir(parents=True, exist_ok=True)
-        cfg = load_config(root / "configs" / "base.yaml", [
-            f"model.name=iresnet{num_layers}", f"data.rec={data}",
-            f"data.batch_size={batch}", "data.num_workers=0", "data.mirror=false", f"optim.lr={lr}",
-            "optim.momentum=0.9", "optim.weight_decay=5.0e-4", "optim.wd_rule=all", "optim.schedule=multistep",
-            "optim.milestones=[1000000]", "optim.epochs=2000000", "eval.every=0", "eval.targets=[]",
-            f"output.dir={out}", "output.tensorboard=false", "output.resume=none", f"seed={seed}",
-            f"partial_fc.kernels={kernels}", f"model.init={init}"]
-            + ([f"model.pretrained={prefix},0"] if prefix else []))
-        self.run, self.lr = Run(cfg, out, Injection()), lr
-
-    def batches(self):
-        epoch = 0
-        while True:
-            yield from self.run.loader.epoch(epoch)
-            epoch += 1
-
-    def step(self, step: int, images: np.ndarray, labels: np.ndarray, lr: Optional[float] = None) -> float:
-        """One Run.train_step at lr (default: the constant lr given); the loss."""
-        loss, fault = self.run.train_step(step, images, labels, self.lr if lr is None else lr)
-        return loss
-
-    def _momenta(self):
-        t = self.run.trainer
-        return {t._params[i].name: s for i, s in t._updaters[0].states.items() if s is not None}
-
-    def state(self) -> Dict:
-        _, weight, momentum = self.run.pfc.get_shard()
-        return {"params": {k: p.data().asnumpy() for k, p in self.run.net.collect_params().items()},
-                "momentum": {k: s.asnumpy() for k, s in self._momenta().items()},
-                "centers": weight, "centers_momentum": momentum}
-
-    def set_state(self, original: Dict) -> None:
-        """Weights, batch-norm statistics, momenta and centers from the original's state."""
-        import mxnet as mx
-        for name, p in self.run.net.collect_params().items():
-            p.set_data(mx.nd.array(original["params"][original_name(name)]))
-        for name, s in self._momenta().items():
-            s[:] = original["momentum"][original_name(name)]
-        self.run.pfc.set_rows(0, original["centers"], original["centers_momentum"])
 
 
 def compare(before_o: Dict, after_o: Dict, before_u: Dict, after_u: Dict) -> Tuple[Dict[str, float], int]:

@@ -108,7 +108,7 @@ def _say(text: str) -> None:
 
 def run_seed(args, seed: int, work: Path, done_steps: int, total_steps: int, started: float) -> Dict:
     """Train both sides for one seed and evaluate them: {seed, loss_o, loss_u, acc_o, acc_u, seconds}."""
-    from pfc_mx.cli.compare_original import Ours
+    from pfc_mx.cli.compare_ours import Ours
     from pfc_mx.cli.original_pfc import OriginalPFC
     from pfc_mx.data.synthetic import generate
     from pfc_mx.evaluation.verification import verify

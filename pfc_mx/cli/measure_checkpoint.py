@@ -1,7 +1,7 @@
 """Checkpoint save, check and load of a synthetic center shard: time, bytes and peak RSS growth per rank.
 
-    horovodrun -np 2 -H localhost:2 --gloo python -m pfc_mx.checkpoint.measure save runs/ck --classes 10000000 --dim 128
-    python -m pfc_mx.checkpoint.measure load runs/ck --classes 10000000 --dim 128     # 2 ranks -> 1
+    horovodrun -np 2 -H localhost:2 --gloo python -m pfc_mx.cli.measure_checkpoint save runs/ck --classes 10000000 --dim 128
+    python -m pfc_mx.cli.measure_checkpoint load runs/ck --classes 10000000 --dim 128     # 2 ranks -> 1
 
 The same calls as training (checkpoint.save with the head's NDArrays, check_integrity on
 rank 0, load_centers_into every rank's own rows), on random centers and a one-layer backbone,
