@@ -76,16 +76,25 @@ constexpr float kL2Eps = 1e-10f;  // MXNet L2Normalization's eps
 
 // a float attribute, NaN when it is not a finite number (callers fail with a message then);
 // no exception may cross the library's C interface
-float attr_float(const Attrs& attrs, const char* key, float fallback) {
+// attrs[key] parsed whole as a T (float: strtof, double: strtod); fallback when absent, NaN when not a finite number
+template <typename T>
+T attr_number(const Attrs& attrs, const char* key, T fallback) {
   auto it = attrs.find(key);
   if (it == attrs.end()) return fallback;
   const char* text = it->second.c_str();
   char* end = nullptr;
-  const float value = std::strtof(text, &end);
+  T value;
+  if constexpr (std::is_same<T, float>::value) {
+    value = std::strtof(text, &end);
+  } else {
+    value = std::strtod(text, &end);
+  }
   while (end != nullptr && *end == ' ') ++end;
   const bool whole = end != text && end != nullptr && *end == '\0';
-  return whole && std::isfinite(value) ? value : std::numeric_limits<float>::quiet_NaN();
+  return whole && std::isfinite(value) ? value : std::numeric_limits<T>::quiet_NaN();
 }
+
+float attr_float(const Attrs& attrs, const char* key, float fallback) { return attr_number(attrs, key, fallback); }
 
 MXReturnValue fail(const std::string& msg) {
   MX_ERROR_MSG << msg;
@@ -677,17 +686,6 @@ MXReturnValue prelu_shape(const Attrs&, Shapes* in, Shapes* out) {
 // One parallel loop over the (b, c) planes per pass (schedule dynamic) and no barrier inside a
 // pass: oneDNN's BatchNorm synchronises its threads inside the pass, and a thread that waits for a
 // descheduled partner there costs a scheduler time slice on a shared machine (docs/performance.md).
-double attr_double(const Attrs& attrs, const char* key, double fallback) {
-  auto it = attrs.find(key);
-  if (it == attrs.end()) return fallback;
-  const char* text = it->second.c_str();
-  char* end = nullptr;
-  const double value = std::strtod(text, &end);
-  while (end != nullptr && *end == ' ') ++end;
-  const bool whole = end != text && end != nullptr && *end == '\0';
-  return whole && std::isfinite(value) ? value : std::numeric_limits<double>::quiet_NaN();
-}
-
 struct BnAttrs {
   double eps;
   float momentum;
@@ -695,7 +693,7 @@ struct BnAttrs {
 };
 
 bool bn_attrs(const Attrs& attrs, BnAttrs* a) {
-  a->eps = attr_double(attrs, "eps", 1e-3);
+  a->eps = attr_number(attrs, "eps", 1e-3);
   a->momentum = attr_float(attrs, "momentum", 0.9f);
   a->fix_gamma = attr_flag(attrs, "fix_gamma");
   if (!std::isfinite(a->eps) || a->eps <= 0.0 || !std::isfinite(a->momentum)) {
@@ -705,9 +703,11 @@ bool bn_attrs(const Attrs& attrs, BnAttrs* a) {
   return true;
 }
 
-// Sums over each plane p of f(k) for k in the plane, float blocks then double: out[p] (two sums)
+// Per channel c, two sums over its planes p = (b, c) of f(k) for k in the plane: float blocks of
+// kSlopeBlock, the blocks in double, the planes added in batch order (a fixed order).
 template <typename F>
-void plane_sums(const Planes& pl, double* s1, double* s2, F f) {
+void channel_sums(const Planes& pl, std::vector<double>* c1, std::vector<double>* c2, F f) {
+  std::vector<double> s1(pl.count), s2(pl.count);
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads_for(pl.count * pl.size))
   for (int64_t p = 0; p < pl.count; ++p) {
     const int64_t base = p * pl.size;
@@ -728,12 +728,17 @@ void plane_sums(const Planes& pl, double* s1, double* s2, F f) {
     s1[p] = a1;
     s2[p] = a2;
   }
+  c1->assign(pl.channels, 0.0);
+  c2->assign(pl.channels, 0.0);
+  for (int64_t p = 0; p < pl.count; ++p) {
+    (*c1)[p % pl.channels] += s1[p];
+    (*c2)[p % pl.channels] += s2[p];
+  }
 }
 
-// per channel: the planes' sums added in batch order
-void channel_sums(const Planes& pl, const std::vector<double>& planes, std::vector<double>* channels) {
-  channels->assign(pl.channels, 0.0);
-  for (int64_t p = 0; p < pl.count; ++p) (*channels)[p % pl.channels] += planes[p];
+// elements per channel: batch × spatial size
+double elements_per_channel(const Planes& pl) {
+  return static_cast<double>(pl.count / pl.channels) * static_cast<double>(pl.size);
 }
 
 MXReturnValue batchnorm_forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
@@ -750,19 +755,17 @@ MXReturnValue batchnorm_forward(const Attrs& attrs, std::vector<MXTensor>* in, s
   float* y = (*out)[0].data<float>();
   float* mean = (*out)[1].data<float>();
   float* invstd = (*out)[2].data<float>();
-  const double n = static_cast<double>(pl.count / c) * static_cast<double>(pl.size);
+  const double n = elements_per_channel(pl);
   if (n == 0) return fail("pfc_batchnorm: x has no elements per channel");
   std::vector<float> shift(c);
   for (int64_t ch = 0; ch < c; ++ch) shift[ch] = x[ch * pl.size];
-  std::vector<double> s1(pl.count), s2(pl.count), c1, c2;
+  std::vector<double> c1, c2;
   const float* sh = shift.data();
-  plane_sums(pl, s1.data(), s2.data(), [=](int64_t k, int64_t p, float* u, float* v) {
+  channel_sums(pl, &c1, &c2, [=](int64_t k, int64_t p, float* u, float* v) {
     const float d = x[k] - sh[p % c];
     *u = d;
     *v = d * d;
   });
-  channel_sums(pl, s1, &c1);
-  channel_sums(pl, s2, &c2);
   std::vector<float> scale(c);
   const float eps = static_cast<float>(a.eps);
   for (int64_t ch = 0; ch < c; ++ch) {
@@ -808,14 +811,12 @@ MXReturnValue batchnorm_backward(const Attrs& attrs, std::vector<MXTensor>* in, 
   float* dx = (*out)[0].data<float>();
   float* dgamma = (*out)[1].data<float>();
   float* dbeta = (*out)[2].data<float>();
-  const double n = static_cast<double>(pl.count / c) * static_cast<double>(pl.size);
-  std::vector<double> s1(pl.count), s2(pl.count), c1, c2;
-  plane_sums(pl, s1.data(), s2.data(), [=](int64_t k, int64_t p, float* u, float* v) {
+  const double n = elements_per_channel(pl);
+  std::vector<double> c1, c2;
+  channel_sums(pl, &c1, &c2, [=](int64_t k, int64_t p, float* u, float* v) {
     *u = dy[k];
     *v = dy[k] * (x[k] - mean[p % c]);
   });
-  channel_sums(pl, s1, &c1);
-  channel_sums(pl, s2, &c2);
   std::vector<float> ka(c), kb(c), kc(c);
   for (int64_t ch = 0; ch < c; ++ch) {
     const double is = invstd[ch];
