@@ -34,7 +34,7 @@ def test_tiny_benchmark_compares_both_prelu_kernels_in_one_table(capsys):
 
 def test_the_peak_is_its_measured_parts_and_the_momentum_is_measured_as_its_size(tmp_path):
     args = argparse.Namespace(steps=1, dim=16)
-    r = bench_backbone.launch("mobilefacenet", 2, 1, "fused", args, tmp_path, "trim")
+    r = bench_backbone.launch("mobilefacenet", 2, 1, "fused", args, tmp_path, "trim", bn="fused")
     mib = 1 << 20
     parts = {p: r[f"{p}_bytes"] for p in bench_backbone.MEMORY}
     assert r["malloc"] == "trim" and all(v > 0 for v in parts.values()), parts

@@ -225,7 +225,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def launch(backbone: str, batch: int, threads: int, kernel: str, args: argparse.Namespace, out: Path,
-           malloc: str = "default", bn: str = "fused") -> Dict:
+           malloc: str = "default", bn: str = "stock") -> Dict:
     """Run one configuration in a fresh process; return its result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backbone", backbone, "--batch", str(batch),
            "--threads", str(threads), "--prelu", kernel, "--bn", bn, "--steps", str(args.steps), "--dim", str(args.dim),
@@ -269,17 +269,17 @@ def table(rows: List[Dict]) -> str:
             "BatchNorm s | optimizer s | other s | peak MiB | after imports MiB | params MiB | timed steps | malloc | "
             "gradients MiB | momentum MiB | forward MiB | kept for backward MiB | backward MiB | rest MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    stock: Dict[tuple, float] = {}
+    first_step: Dict[tuple, float] = {}
     for r in rows:
-        stock.setdefault((r["backbone"], r["batch"], r["threads"], r["malloc"]), r["step_s"])
+        first_step.setdefault((r["backbone"], r["batch"], r["threads"], r["malloc"]), r["step_s"])
     for r in rows:
         f = r["families"]
-        base = stock.get((r["backbone"], r["batch"], r["threads"], r["malloc"]))
+        base = first_step[(r["backbone"], r["batch"], r["threads"], r["malloc"])]
         lines.append(
             f"| {r['backbone']} | {r['batch']} | {r['threads']} | {r['prelu']} | {r['bn']} | "
             f"{r['step_s']:.3f} | "
             f"{r['floor_s']:.3f} | {r['step_s'] / r['floor_s']:.2f} | "
-            f"{(base / r['step_s']) if base else float('nan'):.2f} | {r['batch'] / r['step_s']:.1f} | "
+            f"{base / r['step_s']:.2f} | {r['batch'] / r['step_s']:.1f} | "
             f"{r['profiled_s']:.3f} | {f['conv_fwd']:.3f} | {f['conv_bwd']:.3f} | "
             f"{r['profiled_s'] / max(f['conv_fwd'] + f['conv_bwd'], 1e-9):.2f} | {f['prelu_fwd']:.3f} | "
             f"{f['prelu_bwd']:.3f} | {100 * (f['prelu_fwd'] + f['prelu_bwd']) / r['profiled_s']:.1f} | "
