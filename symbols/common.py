@@ -8,13 +8,14 @@ exported symbol exposes `fc1_output` like the legacy insightface models.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import HybridBlock, nn
 
 from symbols import batchnorm, prelu
+from symbols.kernel_choice import checked
 
 MEAN, SCALE = 127.5, 0.0078125     # raw RGB 0..255 -> about [-1, 1]
 MXNET_DEFAULT_EPS = 1e-3           # mx.sym.BatchNorm's eps when a symbol passes none
@@ -121,6 +122,7 @@ class Backbone(HybridBlock):
         super().__init__(prefix="")
         self.config = dict(config)
         self.fp16 = bool(config.get("fp16", False))
+        self._pinned_kernels: Optional[Tuple[str, str]] = None  # use_kernels'
         self.body: Optional[HybridBlock] = None
         self.head: Optional[HybridBlock] = None
 
@@ -138,7 +140,8 @@ class Backbone(HybridBlock):
         ctx = next((a.context for a in args if isinstance(a, mx.nd.NDArray)), mx.cpu())
         training = bool(autograd.is_training())
         # both graphs of one hybridization get the kernels in force when the first was built
-        choices = getattr(self, "_graph_kernels", None) or (prelu.kernels(), batchnorm.kernels())
+        choices = (getattr(self, "_graph_kernels", None) or self._pinned_kernels
+                   or (prelu.kernels(), batchnorm.kernels()))
         self._graph_kernels = choices
         fused_bn = not self.fp16 and batchnorm.use_fused(ctx, choices[1])
         self._graph_mode = training if fused_bn else None  # None: the graph serves both modes
@@ -157,6 +160,13 @@ class Backbone(HybridBlock):
             self._graph_aside = aside
             self._graph_mode = training
         return super()._call_cached_op(*args)
+
+    def use_kernels(self, prelu_kernels: str, batchnorm_kernels: str) -> None:
+        """Build this net's graphs with these PReLU and BatchNorm kernels ('auto', 'fused', 'stock';
+        'original': stock) instead of those in force when its first graph is built; drops built graphs."""
+        self._pinned_kernels = (checked("PReLU kernels", prelu_kernels),
+                                checked("BatchNorm kernels", batchnorm_kernels))
+        self._clear_cached_op()
 
     def _clear_cached_op(self):
         super()._clear_cached_op()

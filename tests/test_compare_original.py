@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from pfc_mx.cli.compare_original import LIMITS, _ulps, group, original_name, verdict
+from pfc_mx.cli.compare_original import LIMITS, _ulps, compare, group, original_name, verdict
 from pfc_mx.cli.original_pfc import find_code
 from pfc_mx.errors import ConfigError
 from tests.ranks import ROOT, rank_env
@@ -52,8 +52,9 @@ def test_ulps_count_float32_steps():
 
 
 def test_verdicts_hold_each_row_to_the_limits_or_the_originals_own_noise():
-    row = {"step": 1, "worst": ("conv0_weight", 2e-5, 1.0), "loss_rel": 0.0, "centers": 1e-6, "conv": 2e-5, "fc": 0.0,
-           "bn gamma": 0.0, "bn beta": 0.0, "prelu": 0.0, "bn stats": 0.0}
+    row = {"step": 1, "worst": ("conv0_weight", 2e-5, 1.0), "loss_o": 3.0, "loss_u": 3.0, "loss_rel": 0.0,
+           "centers": 1e-6, "conv": 2e-5, "fc": 0.0, "bn gamma": 0.0, "bn beta": 0.0, "prelu": 0.0, "bn stats": 0.0,
+           "bits": False}
     quiet = [{**row, "conv": 1e-6}]
     assert verdict([row], True, quiet).startswith("**same step**")
     assert "backbone 0.0002 > 0.0001" in verdict([row, {**row, "conv": 2e-4}], True, quiet)
@@ -64,6 +65,33 @@ def test_verdicts_hold_each_row_to_the_limits_or_the_originals_own_noise():
     assert "backbone 0.00031 > 0.0003" in verdict([{**row, "bn beta": 3.1e-4}], True, noisy)
     assert verdict([{**row, "loss_rel": 1e-3}], False, [{**row, "loss_rel": 5e-4}]).endswith(
         "after step 1 0.001, the original against itself 0.0005")
+    # bit for bit only when every array of every step and every loss are equal
+    equal = {**row, "bits": True}
+    for same_state in (True, False):
+        assert verdict([equal, equal], same_state, quiet).startswith("**bit for bit** in all 2 steps")
+        assert not verdict([equal, {**row, "bits": True, "loss_u": 3.0000002}], same_state, quiet).startswith("**bit")
+        assert not verdict([equal, row], same_state, quiet).startswith("**bit")
+
+
+def _state(conv, centers, stats=0.5):
+    """A side's state after a step as compare() reads it (our names; the original's differ only for statistics)."""
+    return {"params": {"conv0_weight": np.float32(conv) * np.ones(3, np.float32), "bn0_running_mean": np.array(
+                [stats], np.float32)}, "momentum": {"conv0_weight": np.float32(conv) * np.ones(3, np.float32)},
+            "centers": np.float32(centers) * np.ones((2, 2), np.float32),
+            "centers_momentum": np.float32(centers) * np.ones((2, 2), np.float32)}
+
+
+def test_compare_calls_steps_bit_for_bit_only_when_every_array_is_equal():
+    def original(state):
+        return {**state, "params": {("bn0_moving_mean" if k == "bn0_running_mean" else k): v
+                                    for k, v in state["params"].items()}}
+    before = _state(0.0, 0.0, 0.0)
+    after = _state(0.1, 0.2)
+    assert compare(original(before), original(after), before, after)[0]["bits"]
+    ulp = np.nextafter(np.float32(0.2), np.float32(1))
+    for other in (_state(0.1, ulp), _state(0.1, 0.2, np.nextafter(np.float32(0.5), np.float32(1)))):
+        measures = compare(original(before), original(after), before, other)[0]
+        assert not measures["bits"] and measures["conv"] == 0.0  # a center or statistic one float32 step apart
 
 
 def test_every_iresnet_name_maps_to_the_original_and_back():

@@ -1,6 +1,7 @@
 """compare_original: N whole training steps of insightface's MXNet partial_fc and of ours, same weights and batches.
 
     python tools/compare_original.py --insightface ~/src/insightface --steps 4 --lr 0.001
+    python tools/compare_original.py --insightface ~/src/insightface --steps 4 --kernels original   # bit for bit
 
 The original (pfc_mx.cli.original_pfc: its own code, from the checkout given) builds its r18
 backbone, MemoryBank and optimizers; its initial backbone is saved as an insightface checkpoint and
@@ -11,11 +12,14 @@ momentum 0.9, wd 5e-4; ours through Run.train_step with optim.wd_rule all).
 Tables: "noise floor" (the original against itself with its embedding and center gradients
 multiplied by 1 ± 2^-23 each step: how far float32 rounding alone takes it), "free run" (each
 side from its own previous step) and "same state" (before each step ours is set to the original's
-weights, batch-norm statistics, momenta and centers, so each row is one step's difference alone). An update is what a step adds to a weight: the optimizer's momentum
-buffer after the step (w += momentum), compared as max |Δ| / max |update| per parameter, the worst
-per group. Parameters whose update is below 1e-4 of the largest backbone update (betas of BatchNorms
-followed by another BatchNorm: their exact gradient is 0, both sides hold float32 noise) and the
-fixed gamma of `fc1` are left out and counted.
+weights, batch-norm statistics, momenta and centers, so each row is one step's difference alone).
+An update is what a step adds to a weight: the optimizer's momentum buffer after the step
+(w += momentum), compared as max |Δ| / max |update| per parameter, the worst per group.
+Parameters whose update is below 1e-4 of the largest backbone update (betas of BatchNorms followed
+by another BatchNorm: their exact gradient is 0, both sides hold float32 noise) and the fixed
+gamma of `fc1` are left out and counted. A verdict says "bit for bit" when every loss and
+every array (parameters, statistics, momenta, centers and their momentum) is equal at every step;
+--kernels original (pfc_mx.head.original, with MXNet's own PReLU in our backbone) does that.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from pfc_mx.cli.compare_ours import Ours, original_name
+from pfc_mx.head.options import KERNELS
 
 GROUPS = ("conv", "fc", "bn gamma", "bn beta", "prelu", "bn stats")
 NOISE = 1e-4              # an update below NOISE × the largest backbone update is float32 noise
@@ -72,6 +77,10 @@ def compare(before_o: Dict, after_o: Dict, before_u: Dict, after_u: Dict) -> Tup
         if not is_stats(name) and rel(o, u) > worst["worst"][1]:
             worst["worst"] = (name, rel(o, u), size)
     worst["centers"] = rel(after_o["centers_momentum"], after_u["centers_momentum"])
+    # bit for bit: every trained parameter or statistic, every momentum, the centers and their momentum
+    worst["bits"] = (all(np.array_equal(after_o["params"][original_name(n)], after_u["params"][n]) for n in updates)
+                     and all(np.array_equal(o, u) for o, u in updates.values())
+                     and all(np.array_equal(after_o[k], after_u[k]) for k in ("centers", "centers_momentum")))
     worst["ulp"] = max(_ulps(after_o["params"][original_name(n)], w) for n, w in after_u["params"].items()
                        if n.endswith("_weight"))
     return worst, noise
@@ -132,6 +141,10 @@ def verdict(rows: List[Dict], same_state: bool, floor: List[Dict]) -> str:
     (one step of the original against itself from the same state). Free run: the losses against
     the floor's (the updates part by float32 rounding, which the next steps amplify on both sides)."""
     worst = _worst(rows)
+    bits = all(r["bits"] and r["loss_o"] == r["loss_u"] for r in rows)
+    if bits:
+        return (f"**bit for bit** in all {len(rows)} steps: the loss, every trained parameter, statistic and "
+                "momentum, the centers and their momentum")
     if not same_state:
         last, own = rows[-1]["loss_rel"], floor[-1]["loss_rel"] if floor else float("nan")
         return (f"losses relative ≤ {worst['loss']:.2g} over {len(rows)} steps; after step {rows[-1]['step']} "
@@ -153,7 +166,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=number(int, 2, what=">= 2"), default=32)
     p.add_argument("--classes", type=number(int, 2, what=">= 2"), default=30)
     p.add_argument("--seed", type=number(int, 0, what=">= 0"), default=0)
-    p.add_argument("--kernels", default="auto", choices=("auto", "fused", "stock"), help="our head's partial_fc.kernels")
+    p.add_argument("--kernels", default="auto", choices=KERNELS,
+                   help="our head's partial_fc.kernels ('original': the original's operators in their order)")
     seeds = p.add_argument_group("over seeds (docs/REPRODUCE.md §5.3): final loss and verification accuracy")
     seeds.add_argument("--seeds", type=comma_list(non_negative_int), help="e.g. 0,1,2: one run of both per seed")
     seeds.add_argument("--milestones", type=comma_list(positive_int), help="steps after which the lr is × 0.1")
@@ -201,7 +215,8 @@ def main(argv=None) -> int:
             top = max(rows, key=lambda r: r["worst"][1])
             name, diff, size = top["worst"]
             print(f"worst backbone parameter: {name} at step {top['step']}, {diff:.2g} of its update, "
-                  f"which is {size:.2g} of the step's largest")
+                  f"which is {size:.2g} of the step's largest" if diff else
+                  "worst backbone parameter: none, every update is the original's")
             floor = floor_rows or floor
             print(f"verdict: {verdict(rows, same_state, floor)}\n")
     return 0

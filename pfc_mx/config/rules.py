@@ -64,7 +64,7 @@ RANGES: Dict[Tuple[str, str], Tuple[Any, str]] = {
 
 
 def check_cross(cfg: Config, source: str) -> None:
-    """Raise ConfigError for keys that are valid alone but not together (margin, schedule, warm-up)."""
+    """Raise ConfigError for keys that are valid alone but not together (margin, schedule, warm-up, kernels)."""
     problem = margin_problem(cfg.loss.margin)  # the presets and bounds live in pfc_mx.margin_rules
     if problem:
         raise ConfigError(f"{source}: loss.margin = {cfg.loss.margin!r}: {problem}")
@@ -74,3 +74,6 @@ def check_cross(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: optim.milestones must be increasing, got {cfg.optim.milestones}")
     if cfg.optim.warmup_epochs >= cfg.optim.epochs:
         raise ConfigError(f"{source}: optim.warmup_epochs ({cfg.optim.warmup_epochs}) must be < optim.epochs")
+    if cfg.partial_fc.kernels == "original" and cfg.loss.interclass_filtering_threshold > 0:
+        raise ConfigError(f"{source}: partial_fc.kernels = original replays insightface's MXNet partial_fc, which has "
+                          "no inter-class filtering: set loss.interclass_filtering_threshold to 0 or another kernels")

@@ -48,7 +48,7 @@ class LossConfig:
 class PartialFCConfig:
     sample_rate: float = 1.0
     centers_on: str = "device"  # "device" or "host"
-    kernels: str = "auto"       # "auto" (fused on CPU), "fused" or "stock": see pfc_mx.head
+    kernels: str = "auto"       # "auto" (fused on CPU), "fused", "stock" or "original": see pfc_mx.head
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,21 @@
-"""What the stock and the fused head share: this rank's centers, the step's buffers, the phases of a step.
+"""What the heads share: this rank's centers, the step's buffers, the phases of a step.
 
 One step on this rank, between PartialFC's collectives (N = W·B rows of every rank,
 S rows of this shard used by the step, D the embedding size; float32 unless said):
 
     step = impl.start(plan, n)              # used rows and their norms ν: needs no embeddings
+    xn, xnorm = impl.inputs(x)              # (N, D) unit rows and (N,) norms of every rank's embeddings
     parts = impl.forward(step, xn)          # (2, N) this rank's log-normaliser and target logit per row
     lse, loss = impl.loss(parts_all)        # (W, 2, N) of every rank → (N,) log-normaliser, () mean loss
     dxn = impl.backward(step, lse, xn)      # (N, D) this rank's share of dL/d xn (xn = x / ‖x‖)
     update = impl.center_grad(step)         # (S, D) center gradient, queued after the all-reduce of dxn
-    dx = impl.input_grad(dxn, xn, xnorm)    # dL/dx through x / ‖x‖ for this rank's rows
+    dx = impl.input_grad(dxn, xn, xnorm, rows)  # dL/dx through x / ‖x‖ for this rank's rows
     impl.update(update, lr, momentum, wd)   # step(): SGD momentum on the used rows only
 
-A step that uses no row of this shard (S = 0, when C < W) is handled here: its
-log-normaliser is "−inf", its target logit 0, and it leaves the centers alone.
+(pfc_mx.head.original replaces the parts by three rows and xn by the raw embeddings:
+its docstring.) A step that uses no row of this shard (S = 0, when C < W) is handled
+here: its parts are EMPTY_PARTS (log-normaliser "−inf", target logit 0), and it leaves
+the centers alone.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Dict, Optional, Tuple
 import mxnet as mx
 import numpy as np
 
+from pfc_mx import fc_math as fm
 from pfc_mx.head.arrays import host_array, large_arrays
 from pfc_mx.margin import Margin
 from pfc_mx.shard import MAX_ARRAY_ELEMENTS, StepPlan
@@ -67,7 +71,9 @@ class HeadMath(ABC):
     ctx: the training context of the step's buffers.
     """
 
+    name = ""                     # the value of `kernels` that picks this implementation
     fused = False
+    EMPTY_PARTS: Tuple[float, ...] = (LOWEST, 0.0)  # a row's parts on a rank without used rows
 
     def __init__(self, weight: mx.nd.NDArray, momentum: mx.nd.NDArray, ctx: mx.Context, margin: Margin,
                  scale: float, threshold: float) -> None:
@@ -81,9 +87,13 @@ class HeadMath(ABC):
     def start(self, plan: StepPlan, n: int) -> Step:
         """The step's state and what needs no embeddings (see _start)."""
         if plan.num_rows == 0:
-            parts = host_array(np.stack([np.full(n, LOWEST), np.zeros(n)]), "float32", self.ctx)
+            parts = host_array(np.repeat(np.array(self.EMPTY_PARTS)[:, None], n, axis=1), "float32", self.ctx)
             return Step(plan, n, parts=parts)
         return self._start(plan, n, self._workspace(n, plan.num_rows))
+
+    def inputs(self, x: mx.nd.NDArray) -> Tuple[mx.nd.NDArray, Optional[mx.nd.NDArray]]:
+        """(xn, xnorm): every rank's embeddings x (N, D) float32 as unit rows and their norms (N,)."""
+        return fm.normalize_rows(x)
 
     def forward(self, step: Step, xn: mx.nd.NDArray) -> mx.nd.NDArray:
         """(2, N) this rank's log-normaliser and target logit of each row (xn: (N, D) unit rows)."""
@@ -111,8 +121,9 @@ class HeadMath(ABC):
         """(N,) global log-normaliser and () mean loss from every rank's parts (W, 2, N)."""
 
     @abstractmethod
-    def input_grad(self, dxn: mx.nd.NDArray, xn: mx.nd.NDArray, xnorm: mx.nd.NDArray) -> mx.nd.NDArray:
-        """(B, D) dL/dx from dL/d xn through xn = x / xnorm (this rank's rows)."""
+    def input_grad(self, dxn: mx.nd.NDArray, xn: mx.nd.NDArray, xnorm: Optional[mx.nd.NDArray],
+                   rows: slice) -> mx.nd.NDArray:
+        """(B, D) dL/dx of this rank's rows (a slice of N) from dL/d xn through xn = x / xnorm."""
 
     # ------------------------------------- the phases when the step uses rows (S > 0)
     @abstractmethod

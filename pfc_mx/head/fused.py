@@ -44,14 +44,16 @@ class FusedUpdate(Update):
 class FusedHead(HeadMath):
     """Partial FC math of one shard with the fused kernels (CPU contexts only; pfc_mx.kernels.load() first)."""
 
+    name = "fused"
     fused = True
 
     def loss(self, parts: mx.nd.NDArray) -> Tuple[mx.nd.NDArray, mx.nd.NDArray]:
         lse, loss = mx.nd.pfc_softmax_loss(parts)
         return lse, loss
 
-    def input_grad(self, dxn: mx.nd.NDArray, xn: mx.nd.NDArray, xnorm: mx.nd.NDArray) -> mx.nd.NDArray:
-        return mx.nd.pfc_normalize_grad(dxn, xn, xnorm)
+    def input_grad(self, dxn: mx.nd.NDArray, xn: mx.nd.NDArray, xnorm: Optional[mx.nd.NDArray],
+                   rows: slice) -> mx.nd.NDArray:
+        return mx.nd.pfc_normalize_grad(dxn[rows], xn[rows], xnorm[rows])
 
     def _start(self, plan: StepPlan, n: int, ws: Workspace) -> FusedStep:
         """The used rows gathered already normalised into ws.rows, in one pass.

@@ -1,16 +1,16 @@
 """The labels' all-gather and its wire header: every rank's input checked on every rank.
 
-    y_all = gather_labels(y, B, D, "float32", Agreed(C, D, fused, margin, scale, 0.0), world=W)
+    y_all = gather_labels(y, B, D, "float32", Agreed(C, D, "stock", margin, scale, 0.0), world=W)
     # (N,) int64 class ids of all ranks in rank order, N = W·B; ValueError on every rank when one is wrong
 
 Each rank sends one int64 array, a header of 14 values and then its labels as class ids:
 
-    B, D (-1: not 2-D), number of labels, fused (0/1), dtype code (EMBEDDING_DTYPES),
+    B, D (-1: not 2-D), number of labels, kernels (code: options.IMPLEMENTATIONS), dtype code (EMBEDDING_DTYPES),
     C, m1, m2, m3, scale, threshold, problem (LABEL_PROBLEMS), position, value
 
 (floats as their int64 bit patterns, so they travel exactly). The ranks must agree
-on all but the last three, which name this rank's first bad label. Fused and stock
-losses differ in their last bits, and the embeddings travel as raw values of one
+on all but the last three, which name this rank's first bad label. The head's
+implementations' losses differ in their last bits, and the embeddings travel as raw values of one
 dtype. Every check runs on the gathered headers, so a bad input on one rank raises
 ValueError on every rank instead of leaving the others waiting in a collective.
 """
@@ -24,6 +24,7 @@ import numpy as np
 
 from pfc_mx import dist
 from pfc_mx.head.arrays import host_array
+from pfc_mx.head.options import IMPLEMENTATIONS
 
 EMBEDDING_DTYPES = ("float32", "float16", "float64", "bfloat16")  # dtype codes (another dtype: len(...))
 LABEL_PROBLEMS = ("", "are not numbers", "is not a whole number", "is outside [0, {c})")  # problem codes
@@ -35,7 +36,7 @@ class Agreed:
     """What every rank's head must hold the same (the dimension: also every rank's embeddings)."""
     num_classes: int
     embedding_size: int
-    fused: bool
+    kernels: str             # the implementation: one of options.IMPLEMENTATIONS
     margin: Sequence[float]  # (m1, m2, m3)
     scale: float
     threshold: float
@@ -76,7 +77,8 @@ def gather_labels(y: np.ndarray, batch: int, dim: int, dtype: str, agreed: Agree
     code = EMBEDDING_DTYPES.index(dtype) if dtype in EMBEDDING_DTYPES else len(EMBEDDING_DTYPES)
     ids, (problem, position, value) = class_ids(y, agreed.num_classes)
     settings = [agreed.num_classes, *float_bits([*agreed.margin, agreed.scale, agreed.threshold])]
-    header = [batch, dim, len(ids), int(agreed.fused), code, *settings, problem, position, *float_bits([value])]
+    kernels = IMPLEMENTATIONS.index(agreed.kernels)
+    header = [batch, dim, len(ids), kernels, code, *settings, problem, position, *float_bits([value])]
     packed = dist.allgather(host_array(np.concatenate([header, ids]), "int64", mx.cpu()), name="pfc_mx.pfc.labels")
     headers, parts = _unpack(packed.asnumpy(), world, len(header))
     _check(headers, agreed)
@@ -96,7 +98,7 @@ def _unpack(packed: np.ndarray, world: int, k: int) -> Tuple[List[Tuple[int, ...
 def _check(headers: List[Tuple[int, ...]], agreed: Agreed) -> None:
     """Raise the first disagreement or bad label of the gathered headers (the same on every rank)."""
     ranks = f"on ranks 0..{len(headers) - 1}"
-    sizes, dims, counts, fused, dtypes = (list(col) for col in zip(*[h[:5] for h in headers]))
+    sizes, dims, counts, kernels, dtypes = (list(col) for col in zip(*[h[:5] for h in headers]))
     if len(set(sizes)) != 1:
         raise ValueError(f"every rank must pass the same batch size, got {sizes} {ranks}")
     if set(dims) != {agreed.embedding_size}:
@@ -109,10 +111,10 @@ def _check(headers: List[Tuple[int, ...]], agreed: Agreed) -> None:
     if len(set(dtypes)) != 1:  # the embeddings are exchanged as raw values of one dtype
         names = [EMBEDDING_DTYPES[c] if c < len(EMBEDDING_DTYPES) else "other" for c in dtypes]
         raise ValueError(f"every rank must pass embeddings of the same dtype, got {names} {ranks}")
-    if len(set(fused)) != 1:  # the ranks would compute the loss in different ways
-        raise ValueError(f"ranks disagree on the Partial FC kernels (fused: {[bool(f) for f in fused]} {ranks}); "
-                         "set partial_fc.kernels (or PFC_MX_KERNELS) to 'stock' or make the fused kernels load "
-                         "on every host")
+    if len(set(kernels)) != 1:  # the ranks would compute the loss in different ways
+        raise ValueError(f"ranks disagree on the Partial FC kernels ({[IMPLEMENTATIONS[k] for k in kernels]} {ranks}); "
+                         "set partial_fc.kernels (or PFC_MX_KERNELS) to one value, and to 'stock' rather than "
+                         "'auto' where the fused kernels do not load on every host")
     if len({h[SETTINGS] for h in headers}) != 1:  # shards and softmax would not fit together
         shown = [(h[5], *np.asarray(h[6:SETTINGS.stop], np.int64).view(np.float64).tolist()) for h in headers]
         raise ValueError(f"ranks disagree on the Partial FC settings (num_classes, m1, m2, m3, scale, "

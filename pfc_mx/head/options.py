@@ -1,7 +1,7 @@
 """The head's options and the rule each value must follow: one source for PartialFC and the config.
 
     check("sample_rate", 0)             # ValueError: sample_rate must be in (0, 1], got 0
-    RULES["kernels"]                    # (predicate, "'auto', 'fused' or 'stock'"): pfc_mx.config uses it
+    RULES["kernels"]                    # (predicate, "'auto', 'fused', 'stock' or 'original'"): pfc_mx.config uses it
 
 No MXNet here: the config imports this module without loading MXNet.
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-KERNELS = ("auto", "fused", "stock")  # auto: fused on the CPU, stock on GPUs (pfc_mx.head.partial_fc)
+KERNELS = ("auto", "fused", "stock", "original")  # auto: fused on the CPU, stock on GPUs (pfc_mx.head.partial_fc)
+IMPLEMENTATIONS = ("stock", "fused", "original")  # what auto resolves among; the index is their wire code
 CENTERS_ON = ("device", "host")       # where weight and momentum live: the training context or host memory
 KERNELS_ENV = "PFC_MX_KERNELS"        # the default of `kernels` when the caller gives none
 

@@ -25,8 +25,10 @@ serve tests and tools; set_step(step) restores the sampling stream. Initial cent
 N(0, 0.01) per global class (pfc_mx.shard), the same for any world size.
 
 kernels picks the implementation once: "fused" (pfc_mx.head.fused, the CPU
-kernels), "stock" (pfc_mx.head.stock, stock MXNet operators) or "auto" (fused on
-the CPU when the kernels load, stock on GPUs); default PFC_MX_KERNELS, else auto.
+kernels), "stock" (pfc_mx.head.stock, stock MXNet operators), "auto" (fused on
+the CPU when the kernels load, stock on GPUs; default PFC_MX_KERNELS, else auto)
+or "original" (pfc_mx.head.original: insightface's MXNet operators in their order,
+slower, for comparisons with the original code).
 Every rank must use the same one. Memory per rank: weight + momentum (num_local
 × D float32 each; centers_on="host" keeps them in host memory and moves only the
 used rows) plus a workspace of S × D and N × S floats (docs/performance.md).
@@ -42,13 +44,13 @@ import mxnet as mx
 import numpy as np
 
 from pfc_mx import dist
-from pfc_mx import fc_math as fm
 from pfc_mx import kernels as pfc_kernels
 from pfc_mx.head import options
 from pfc_mx.head.arrays import large_arrays, zeros
 from pfc_mx.head.base import HeadMath, Update
 from pfc_mx.head.fused import FusedHead
 from pfc_mx.head.labels import Agreed, gather_labels
+from pfc_mx.head.original import OriginalHead
 from pfc_mx.head.stock import StockHead
 from pfc_mx.margin import Margin, get_margin
 from pfc_mx.shard import MAX_ARRAY_ELEMENTS, init_center_rows, min_world, plan_step, shard_range, step_rng
@@ -77,7 +79,8 @@ class PartialFC:
         self.world, self.rank = dist.size(), dist.rank()
         self.ctx = ctx if ctx is not None else dist.context()
         self.store_ctx = mx.cpu() if centers_on == "host" else self.ctx
-        fused = _use_fused(kernels, self.ctx, self.store_ctx)
+        head = OriginalHead if kernels == "original" else (
+            FusedHead if _use_fused(kernels, self.ctx, self.store_ctx) else StockHead)
         self.class_start, self.num_local = shard_range(self.num_classes, self.world, self.rank)
         need = min_world(self.num_classes, self.embedding_size)  # the rule tools/plan.py applies too
         if self.world < need and not large_arrays():
@@ -88,7 +91,6 @@ class PartialFC:
         self.momentum = zeros((self.num_local, self.embedding_size), self.store_ctx)
         for lo, hi, rows in init_center_rows(self.class_start, self.num_local, self.embedding_size, self.seed):
             self.weight[lo:hi]._sync_copyfrom(rows)  # straight into the view: no temporary NDArray per block
-        head = FusedHead if fused else StockHead
         self._impl: HeadMath = head(self.weight, self.momentum, self.ctx, margin, float(scale),
                                     float(interclass_filtering_threshold))
         self.last_index: Optional[np.ndarray] = None   # (S,) local rows used by the last step
@@ -100,8 +102,13 @@ class PartialFC:
 
     @property
     def fused(self) -> bool:
-        """Whether this head runs the fused CPU kernels (else stock MXNet operators)."""
+        """Whether this head runs the fused CPU kernels."""
         return self._impl.fused
+
+    @property
+    def kernels(self) -> str:
+        """The implementation this head runs: 'fused', 'stock' or 'original' ('auto' resolved)."""
+        return self._impl.name
 
     @property
     def margin(self) -> Margin:
@@ -161,7 +168,7 @@ class PartialFC:
         b = embeddings.shape[0]
         d = embeddings.shape[1] if embeddings.ndim == 2 else -1
         y = labels.asnumpy() if isinstance(labels, mx.nd.NDArray) else np.asarray(labels)
-        agreed = Agreed(self.num_classes, self.embedding_size, impl.fused, impl.margin, impl.scale, impl.threshold)
+        agreed = Agreed(self.num_classes, self.embedding_size, impl.name, impl.margin, impl.scale, impl.threshold)
         all_labels = gather_labels(y, b, d, str(np.dtype(embeddings.dtype)), agreed, self.world)
         n = self.world * b
         # queued, not waited for: the ranks exchange embeddings while this host plans the step
@@ -175,16 +182,16 @@ class PartialFC:
             self.last_index = np.arange(self.num_local, dtype=np.int64)
         step = impl.start(plan, n)
         # queued after the planning: a multi-threaded operator running beside this busy thread waits for it
-        xn, xnorm = fm.normalize_rows(x_all if x_all.dtype == np.float32 else x_all.astype("float32"))
+        xn, xnorm = impl.inputs(x_all if x_all.dtype == np.float32 else x_all.astype("float32"))
         parts = impl.forward(step, xn)
-        # one collective for both softmax sums: every rank's (log-normaliser, target logit) rows
-        parts = dist.gather_rows(parts.reshape((1, 2, n)), name="pfc_mx.pfc.softmax_parts")
+        # one collective for the softmax sums: every rank's (log-normaliser, target logit) rows
+        parts = dist.gather_rows(parts.reshape((1,) + parts.shape), name="pfc_mx.pfc.softmax_parts")
         lse, loss = impl.loss(parts)
         dxn = dist.allreduce(impl.backward(step, lse, xn), op="sum", name="pfc_mx.pfc.embedding_grad", inplace=True)
         # queued after the all-reduce: the product runs while the ranks exchange dxn
         self._update = impl.center_grad(step)
         rows = slice(self.rank * b, (self.rank + 1) * b)
-        grad = impl.input_grad(dxn[rows], xn[rows], xnorm[rows])
+        grad = impl.input_grad(dxn, xn, xnorm, rows)
         # read the loss last: the backward is queued by then and runs while Python waits
         return float(loss.asscalar()), grad.astype(embeddings.dtype, copy=False)
 

@@ -43,12 +43,15 @@ class StockStep(Step):
 class StockHead(HeadMath):
     """Partial FC math of one shard with stock MXNet operators."""
 
+    name = "stock"
+
     def loss(self, parts: mx.nd.NDArray) -> Tuple[mx.nd.NDArray, mx.nd.NDArray]:
         lse = fm.combine_log_normalizers(parts[:, 0])
         return lse, fm.softmax_ce_loss(lse, mx.nd.sum(parts[:, 1], axis=0))
 
-    def input_grad(self, dxn: mx.nd.NDArray, xn: mx.nd.NDArray, xnorm: mx.nd.NDArray) -> mx.nd.NDArray:
-        return fm.normalize_backward(dxn, xn, xnorm)
+    def input_grad(self, dxn: mx.nd.NDArray, xn: mx.nd.NDArray, xnorm: Optional[mx.nd.NDArray],
+                   rows: slice) -> mx.nd.NDArray:
+        return fm.normalize_backward(dxn[rows], xn[rows], xnorm[rows])
 
     def _more_buffers(self, n: int, s: int) -> Dict[str, mx.nd.NDArray]:
         out = {"probs": mx.nd.empty((n, s), ctx=self.ctx)}

@@ -55,7 +55,11 @@ def initializer(name: str) -> mx.init.Initializer:
 
 
 def backbone(cfg: Config, ctx: mx.Context) -> gluon.HybridBlock:
-    """cfg.model, initialised (model.init, seeded), hybridized and run once so its shapes exist."""
+    """cfg.model, initialised (model.init, seeded), hybridized and run once so its shapes exist.
+
+    With partial_fc.kernels 'original' its PReLU and BatchNorm are MXNet's own operators, as in
+    the original code; otherwise the kernels in force (symbols.prelu, symbols.batchnorm).
+    """
     m = cfg.model
     fp16 = m.fp16 and ctx.device_type == "gpu"
     if m.fp16 and not fp16:
@@ -64,6 +68,8 @@ def backbone(cfg: Config, ctx: mx.Context) -> gluon.HybridBlock:
                             bn_mom=m.bn_mom, bn_eps=m.bn_eps, fp16=fp16)
     mx.random.seed(cfg.seed)
     net.initialize(initializer(m.init), ctx=ctx)
+    if cfg.partial_fc.kernels == "original":
+        net.use_kernels("stock", "stock")
     net.hybridize(static_alloc=True, static_shape=True)
     net(mx.nd.zeros((cfg.data.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), ctx=ctx))
     return net
