@@ -71,9 +71,11 @@ def test_the_verdict_and_table_say_which_measure_differs():
     assert verdict(same, same).startswith("**same within seed noise**")
     assert verdict(off, same).startswith("**differs** in final loss (")
     assert verdict(same, off).startswith("**differs** in accuracy (")
-    rows = [{"seed": s, "loss_o": 2.0, "loss_u": 3.0, "acc_o": 0.9, "acc_u": 0.88, "seconds": 10.0} for s in (0, 1, 2)]
+    rows = [{"seed": s, "loss_o": 2.0, "loss_u": 3.0, "acc_o": 0.9, "acc_u": 0.88, "equal": s, "steps": 40,
+             "seconds": 10.0} for s in (0, 1, 2)]
     lines = table(rows, off, same, 10).splitlines()
     assert len(lines) == 2 + 3 + 1 and lines[-1].startswith("| mean ± sd | 2.0500 ± 0.0500 | 3.0500 ± 0.0500 |")
+    assert lines[4] == "| 2 | 2.0000 | 3.0000 | 0.9000 | 0.8800 | 2 of 40 | 10 |"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -12,6 +12,7 @@ MultiFactorScheduler, lowered when the 1-based update count exceeds a milestone;
 same lr, and every step checks that the original's MemoryBank used it too). Then both backbones
 embed the held-out pairs and pfc_mx.evaluation.verification gives the 10-fold accuracy the demo
 reports. The table: per seed the final loss (mean of the last --last steps) and accuracy of each,
+and in how many steps the two losses were equal to the bit (all of them with --kernels original),
 then mean ± sd over the seeds and the verdict of `compare_sides`.
 """
 from __future__ import annotations
@@ -71,13 +72,13 @@ def verdict(loss: Dict[str, float], accuracy: Dict[str, float]) -> str:
 
 def table(rows: List[Dict], loss: Dict[str, float], accuracy: Dict[str, float], last: int) -> str:
     lines = [f"| seed | final loss (mean of last {last}), original | pfc_mx | verification accuracy, original | "
-             "pfc_mx | seconds |", "|---|---|---|---|---|---|"]
+             "pfc_mx | steps with the same loss | seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['seed']} | {r['loss_o']:.4f} | {r['loss_u']:.4f} | {r['acc_o']:.4f} | {r['acc_u']:.4f} "
-                     f"| {r['seconds']:.0f} |")
+                     f"| {r['equal']} of {r['steps']} | {r['seconds']:.0f} |")
     lines.append(f"| mean ± sd | {loss['mean_o']:.4f} ± {loss['sd_o']:.4f} | {loss['mean_u']:.4f} ± "
                  f"{loss['sd_u']:.4f} | {accuracy['mean_o']:.4f} ± {accuracy['sd_o']:.4f} | {accuracy['mean_u']:.4f} ± "
-                 f"{accuracy['sd_u']:.4f} | |")
+                 f"{accuracy['sd_u']:.4f} | | |")
     return "\n".join(lines)
 
 
@@ -151,7 +152,8 @@ def run_seed(args, seed: int, work: Path, done_steps: int, total_steps: int, sta
     del orig, ours
     gc.collect()
     return {"seed": seed, "loss_o": final_loss(losses_o, last), "loss_u": final_loss(losses_u, last),
-            "acc_o": acc_o, "acc_u": acc_u, "seconds": time.time() - t0}
+            "acc_o": acc_o, "acc_u": acc_u, "equal": sum(a == b for a, b in zip(losses_o, losses_u)),
+            "steps": len(losses_o), "seconds": time.time() - t0}
 
 
 def _init_said(init: str) -> str:
