@@ -72,7 +72,6 @@ class HeadMath(ABC):
     """
 
     name = ""                     # the value of `kernels` that picks this implementation
-    fused = False
     EMPTY_PARTS: Tuple[float, ...] = (LOWEST, 0.0)  # a row's parts on a rank without used rows
 
     def __init__(self, weight: mx.nd.NDArray, momentum: mx.nd.NDArray, ctx: mx.Context, margin: Margin,

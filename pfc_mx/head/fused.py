@@ -45,7 +45,6 @@ class FusedHead(HeadMath):
     """Partial FC math of one shard with the fused kernels (CPU contexts only; pfc_mx.kernels.load() first)."""
 
     name = "fused"
-    fused = True
 
     def loss(self, parts: mx.nd.NDArray) -> Tuple[mx.nd.NDArray, mx.nd.NDArray]:
         lse, loss = mx.nd.pfc_softmax_loss(parts)

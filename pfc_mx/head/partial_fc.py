@@ -103,7 +103,7 @@ class PartialFC:
     @property
     def fused(self) -> bool:
         """Whether this head runs the fused CPU kernels."""
-        return self._impl.fused
+        return self._impl.name == "fused"
 
     @property
     def kernels(self) -> str:
