@@ -76,4 +76,5 @@ def check_cross(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: optim.warmup_epochs ({cfg.optim.warmup_epochs}) must be < optim.epochs")
     if cfg.partial_fc.kernels == "original" and cfg.loss.interclass_filtering_threshold > 0:
         raise ConfigError(f"{source}: partial_fc.kernels = original replays insightface's MXNet partial_fc, which has "
-                          "no inter-class filtering: set loss.interclass_filtering_threshold to 0 or another kernels")
+                          "no inter-class filtering: set loss.interclass_filtering_threshold to 0 or partial_fc.kernels "
+                          "to another value")
